@@ -1,0 +1,42 @@
+# gateway: `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_TOOLS := lftp curl unzip
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the gateway with its test tools
+
+tools: ## install the Debian clients the tests drive (lftp, curl, unzip) when missing
+	@missing=""; for t in $(APT_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null) \
+	    || echo "warning: could not install$$missing (tests that need them are skipped)"; \
+	fi
+
+run: install ## run the gateway with config.toml (HTTP on 127.0.0.1:8080, FTP on 2121)
+	$(VENV)/bin/gateway --config config.toml serve
+
+test: install tools ## run the test suite (real servers on 127.0.0.1, real clients)
+	$(PY) -m pytest -q
+
+lint: install ## ruff and mypy --strict
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/mypy gateway
+
+clean: ## remove the venv and caches (storage_root is left alone)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+.PHONY: help install tools run test lint clean

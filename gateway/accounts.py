@@ -1,0 +1,345 @@
+"""Accounts, users, processors, API clients, sessions; password and token hashing; derived tokens."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from gateway.db import now_iso
+from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+LOGIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+JOB_LOGIN_RE = re.compile(r"^job-\d+$")  # reserved for the per-job FTP users
+ROLES = ("customer", "processor")
+
+
+# ----------------------------------------------------------------------------- secrets
+
+def new_token() -> str:
+    """A random token of 256 bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    """Tokens are random, so a fast hash is enough to store them."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    """scrypt with a random salt (tens of ms: never call it on an event loop)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=salt,
+                            n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+    return "scrypt${}${}${}${}${}".format(SCRYPT_N, SCRYPT_R, SCRYPT_P, _b64(salt), _b64(digest))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A real hash to check unknown logins against, so they cost the same time as known ones."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    """Constant-time check of a password against a stored scrypt hash (None: an unknown login)."""
+    try:
+        scheme, n, r, p, salt, digest = (stored or _dummy_hash()).split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=_unb64(salt),
+                             n=int(n), r=int(r), p=int(p), dklen=len(_unb64(digest)))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, _unb64(digest)) and stored is not None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def server_secret(db: sqlite_utils.Database) -> bytes:
+    """The secret behind every derived token, created on first use."""
+    row = next(iter(db.query("select value from settings where key = 'server_secret'")), None)
+    if row is None:
+        db.execute("insert or ignore into settings (key, value) values ('server_secret', ?)",
+                   [secrets.token_hex(32)])
+        row = next(iter(db.query("select value from settings where key = 'server_secret'")))
+    return bytes.fromhex(row["value"])
+
+
+def derive(secret: bytes, purpose: str, *parts: object, length: int = 43) -> str:
+    """An HMAC-SHA256 token for one purpose (download, upload key, callback secret)."""
+    msg = ":".join([purpose, *map(str, parts)]).encode()
+    return _b64(hmac.new(secret, msg, hashlib.sha256).digest())[:length]
+
+
+# ----------------------------------------------------------------------------- accounts
+
+def create_account(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
+    name = name.strip()
+    if not name or len(name) > 255:
+        raise BadRequest("account name must be 1 to 255 characters")
+    if db.execute("select 1 from accounts where name = ?", [name]).fetchone():
+        raise Conflict(f"an account named {name!r} exists already", code="duplicate")
+    row = {"id": str(uuid.uuid4()), "name": name, "callback_secret_version": 1, "created_at": now_iso()}
+    db["accounts"].insert(row)
+    return row
+
+
+def get_account(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
+    row = next(iter(db.query("select * from accounts where name = ? or id = ?", [name, name])), None)
+    if row is None:
+        raise NotFound(f"no account named {name!r}")
+    return row
+
+
+def callback_secret(secret: bytes, account: dict[str, Any]) -> str:
+    """The account's key for signing job callbacks; rotating bumps its version."""
+    return derive(secret, "callback", account["id"], account["callback_secret_version"])
+
+
+def rotate_callback_secret(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
+    account = get_account(db, name)
+    db.execute("update accounts set callback_secret_version = callback_secret_version + 1 where id = ?",
+               [account["id"]])
+    return get_account(db, account["id"])
+
+
+# ----------------------------------------------------------------------------- users
+
+def check_login_name(login: str) -> None:
+    if not LOGIN_RE.match(login):
+        raise BadRequest("login must be 1 to 64 letters, digits or ._@+- and start with a letter or digit")
+    if JOB_LOGIN_RE.match(login):
+        raise BadRequest("logins shaped job-<number> are reserved for per-job FTP users")
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < 8 or len(password) > 1024:
+        raise BadRequest("password must be 8 to 1024 characters")
+
+
+def create_user(db: sqlite_utils.Database, login: str, password_hash: str, role: str,
+                account: str | None) -> dict[str, Any]:
+    check_login_name(login)
+    if role not in ROLES:
+        raise BadRequest(f"role must be one of {ROLES}")
+    account_id = None
+    if role == "customer":
+        if not account:
+            raise BadRequest("a customer needs --account")
+        account_id = get_account(db, account)["id"]
+    if db.execute("select 1 from users where login = ?", [login]).fetchone():
+        raise Conflict(f"a user with login {login!r} exists already", code="duplicate")
+    row = {"login": login, "password_hash": password_hash, "role": role, "account_id": account_id,
+           "disabled": 0, "created_at": now_iso()}
+    row["id"] = db["users"].insert(row).last_pk
+    return public_user(row)
+
+
+def public_user(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "login": row["login"], "role": row["role"], "accountId": row["account_id"],
+            "disabled": bool(row["disabled"])}
+
+
+def get_user(db: sqlite_utils.Database, login: str) -> dict[str, Any] | None:
+    return next(iter(db.query("select * from users where login = ?", [login])), None)
+
+
+def _require_user(db: sqlite_utils.Database, login: str) -> dict[str, Any]:
+    user = get_user(db, login)
+    if user is None:
+        raise NotFound(f"no user with login {login!r}")
+    return user
+
+
+def set_password(db: sqlite_utils.Database, login: str, password_hash: str) -> dict[str, Any]:
+    user = _require_user(db, login)
+    db.execute("update users set password_hash = ? where id = ?", [password_hash, user["id"]])
+    return public_user({**user, "password_hash": password_hash})
+
+
+def set_disabled(db: sqlite_utils.Database, login: str, disabled: bool) -> dict[str, Any]:
+    """Disable or enable a user; disabling ends every session of the user at once."""
+    user = _require_user(db, login)
+    db.execute("update users set disabled = ? where id = ?", [int(disabled), user["id"]])
+    if disabled:
+        db.execute("update sessions set ended_at = ? where user_id = ? and ended_at is null",
+                   [now_iso(), user["id"]])
+    return public_user({**user, "disabled": int(disabled)})
+
+
+# ----------------------------------------------------------------------------- API clients
+
+def create_client(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
+    name = name.strip()
+    if not name or len(name) > 255:
+        raise BadRequest("client name must be 1 to 255 characters")
+    if db.execute("select 1 from clients where name = ?", [name]).fetchone():
+        raise Conflict(f"a client named {name!r} exists already", code="duplicate")
+    token = new_token()
+    row = {"name": name, "token_hash": token_hash(token), "created_at": now_iso(), "revoked_at": None}
+    pk = db["clients"].insert(row).last_pk
+    return {"id": pk, "name": name, "token": token}
+
+
+def revoke_client(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
+    row = next(iter(db.query("select * from clients where name = ?", [name])), None)
+    if row is None:
+        raise NotFound(f"no client named {name!r}")
+    at = row["revoked_at"] or now_iso()
+    db.execute("update clients set revoked_at = ? where id = ?", [at, row["id"]])
+    db.execute("update sessions set ended_at = ? where client_id = ? and ended_at is null", [at, row["id"]])
+    return {"id": row["id"], "name": name, "revokedAt": at}
+
+
+def find_client(db: sqlite_utils.Database, token: str) -> dict[str, Any] | None:
+    """The live client holding this token, or None."""
+    h = token_hash(token)
+    row = next(iter(db.query("select * from clients where token_hash = ?", [h])), None)
+    if row is None or row["revoked_at"] or not hmac.compare_digest(row["token_hash"], h):
+        return None
+    return row
+
+
+# ----------------------------------------------------------------------------- sessions
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the user behind a live session (or a download token)."""
+
+    user_id: int
+    login: str
+    role: str
+    account_id: str | None
+    session_id: int
+    session_key: str  # the stored hash of the session token; derived tokens bind to it
+
+    @property
+    def is_processor(self) -> bool:
+        return self.role == "processor"
+
+
+def create_session(db: sqlite_utils.Database, user_id: int, client_id: int,
+                   lifetime: float) -> dict[str, Any]:
+    token = new_token()
+    expires = time.time() + lifetime
+    db["sessions"].insert({"token_hash": token_hash(token), "user_id": user_id, "client_id": client_id,
+                           "created_at": now_iso(), "expires_at": expires, "ended_at": None})
+    return {"token": token, "expiresAt": now_iso(expires), "_type": "CreateSessionResponseBody"}
+
+
+def end_session(db: sqlite_utils.Database, session_id: int) -> None:
+    db.execute("update sessions set ended_at = ? where id = ? and ended_at is null", [now_iso(), session_id])
+
+
+_SESSION_SQL = """
+    select s.id as session_id, s.token_hash, s.client_id, s.expires_at, s.ended_at,
+           u.id as user_id, u.login, u.role, u.account_id, u.disabled
+    from sessions s join users u on u.id = s.user_id
+"""
+
+
+def _principal(row: dict[str, Any] | None, now: float) -> Principal:
+    if row is None or row["ended_at"] or row["disabled"] or row["expires_at"] <= now:
+        raise Unauthorized("The session is unknown, expired or ended.")
+    return Principal(row["user_id"], row["login"], row["role"], row["account_id"], row["session_id"],
+                     row["token_hash"])
+
+
+def authenticate(db: sqlite_utils.Database, client: dict[str, Any], session_token: str) -> Principal:
+    """The principal of a live session opened by this very client, else Unauthorized."""
+    h = token_hash(session_token)
+    row = next(iter(db.query(_SESSION_SQL + " where s.token_hash = ?", [h])), None)
+    if row is not None and (row["client_id"] != client["id"] or not hmac.compare_digest(row["token_hash"], h)):
+        row = None
+    return _principal(row, time.time())
+
+
+def download_token(secret: bytes, job_id: int, who: Principal) -> str:
+    """A token for one job's downloads, derived from the session: it dies with it, never reveals it."""
+    return f"{who.session_id}-{derive(secret, 'download', job_id, who.session_id, who.session_key)}"
+
+
+def check_download_token(db: sqlite_utils.Database, secret: bytes, job_id: int, token: str) -> Principal:
+    sid, _, mac = token.partition("-")
+    if not sid.isdigit() or len(sid) > 18 or not mac:
+        raise Unauthorized("The download link is not valid.")
+    row = next(iter(db.query(_SESSION_SQL + " where s.id = ?", [int(sid)])), None)
+    if row is not None:
+        want = derive(secret, "download", job_id, row["session_id"], row["token_hash"])
+        if not hmac.compare_digest(want.encode(), mac.encode()):
+            row = None
+    if row is None:
+        raise Unauthorized("The download link is not valid.")
+    return _principal(row, time.time())
+
+
+def bootstrap_demo(db: sqlite_utils.Database) -> dict[str, str] | None:
+    """On an empty database: a demo account, customer and API client with random secrets."""
+    for table in ("accounts", "users", "clients"):
+        if db.execute(f"select 1 from {table} limit 1").fetchone():  # noqa: S608 - fixed names
+            return None
+    account = create_account(db, "demo")
+    password = secrets.token_urlsafe(12)
+    create_user(db, "demo", hash_password(password), "customer", account["name"])
+    client = create_client(db, "demo")
+    return {"account": account["name"], "login": "demo", "password": password, "token": client["token"]}
+
+
+# ----------------------------------------------------------------------------- login throttling
+
+class LoginGuard:
+    """Counts failed logins per IP; an IP with too many within the window is banned for a while."""
+
+    def __init__(self, failures: int, window: float, ban_time: float) -> None:
+        self.failures, self.window, self.ban_time = failures, window, ban_time
+        self._lock = threading.Lock()
+        self._seen: dict[str, deque[float]] = {}
+        self._banned: dict[str, float] = {}
+
+    def banned(self, ip: str) -> bool:
+        with self._lock:
+            until = self._banned.get(ip)
+            if until is None:
+                return False
+            if until > time.monotonic():
+                return True
+            del self._banned[ip]
+            return False
+
+    def failed(self, ip: str) -> bool:
+        """Record a failure; True when it bans the IP."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.setdefault(ip, deque())
+            seen.append(now)
+            while seen and seen[0] < now - self.window:
+                seen.popleft()
+            if len(seen) >= self.failures:
+                self._banned[ip] = now + self.ban_time
+                del self._seen[ip]
+                return True
+            if len(self._seen) > 100_000:  # bound memory under a spray of addresses
+                self._seen.clear()
+            return False
+
+    def succeeded(self, ip: str) -> None:
+        with self._lock:
+            self._seen.pop(ip, None)

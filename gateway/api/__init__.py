@@ -1,0 +1,1 @@
+"""The HTTP API: aiohttp application, middlewares, routes and handlers split by feature."""

@@ -1,0 +1,58 @@
+"""create_app(config): the aiohttp application with its middlewares, routes and resources."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from gateway import accounts
+from gateway.accounts import LoginGuard
+from gateway.api.keys import ADDRESSES, CONFIG, DB, EXECUTOR, GUARD, SECRET, STORAGE, WRITER, Addresses
+from gateway.api.middleware import errors_middleware, negotiation_middleware
+from gateway.api.routes import add_routes
+from gateway.config import Config
+from gateway.db import Writer, open_db
+from gateway.storage import Storage
+
+MAX_JSON_BODY = 1 << 20
+
+
+def default_addresses(config: Config) -> Addresses:
+    return Addresses(config.public_url_for(config.http.port), config.ftp_public_host, config.ftp.port)
+
+
+def create_app(config: Config, addresses: Addresses | None = None) -> web.Application:
+    """Everything the API shares lives under typed keys; resources open and close in cleanup_ctx."""
+    app = web.Application(middlewares=[errors_middleware, negotiation_middleware],
+                          client_max_size=MAX_JSON_BODY)
+    app[CONFIG] = config
+    app[ADDRESSES] = addresses or default_addresses(config)
+    app[STORAGE] = Storage(config.storage_root, config.storage.min_free_bytes)
+    app[GUARD] = LoginGuard(config.security.login_failures, config.security.login_window,
+                            config.security.ban_time)
+    app.cleanup_ctx.append(_resources)
+    add_routes(app)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    loop = asyncio.get_running_loop()
+    app[STORAGE].root.mkdir(parents=True, exist_ok=True)
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gw-work")
+    writer = Writer(config.db_path)
+    try:
+        await loop.run_in_executor(executor, writer.start)  # opens and migrates the database
+        app[EXECUTOR] = executor
+        app[WRITER] = writer
+        app[DB] = open_db(config.db_path)
+        app[SECRET] = await writer.run(accounts.server_secret)
+        yield
+    finally:
+        if DB in app:
+            app[DB].close()
+        await loop.run_in_executor(None, writer.close)
+        executor.shutdown(wait=True)

@@ -1,0 +1,37 @@
+"""Typed keys for what the application shares (no module globals)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import sqlite_utils
+from aiohttp import web
+
+from gateway.accounts import LoginGuard
+from gateway.config import Config
+from gateway.db import Writer
+from gateway.storage import Storage
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where clients reach this process (ports known only once the sockets are bound)."""
+
+    public_url: str
+    ftp_host: str
+    ftp_port: int
+
+    def ftp_base(self) -> str:
+        port = "" if self.ftp_port == 21 else f":{self.ftp_port}"
+        return f"ftp://{self.ftp_host}{port}"
+
+
+CONFIG = web.AppKey("config", Config)
+ADDRESSES = web.AppKey("addresses", Addresses)
+DB = web.AppKey("db", sqlite_utils.Database)  # the loop thread's reading connection
+WRITER = web.AppKey("writer", Writer)
+STORAGE = web.AppKey("storage", Storage)
+SECRET = web.AppKey("secret", bytes)
+GUARD = web.AppKey("login_guard", LoginGuard)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)

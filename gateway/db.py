@@ -1,0 +1,242 @@
+"""SQLite through sqlite-utils: connections, schema migrations, and the process's single writer."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+log = logging.getLogger("gateway.db")
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 10_000
+
+
+def now_iso(ts: float | None = None) -> str:
+    """ISO 8601 UTC with a Z, to the second: how every time is stored and shown."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if ts is None else ts))
+
+
+def open_db(path: str | Path) -> sqlite_utils.Database:
+    """One connection for the calling thread: WAL, busy_timeout, foreign keys, schema up to date."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a commit survives a process crash
+    db.enable_wal()
+    MIGRATIONS.apply(db)
+    return db
+
+
+class Migrations:
+    """Ordered schema steps, each applied once and recorded in _migrations (sqlite-migrate style)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = []
+
+    def __call__(self, fn: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
+        self.steps.append((fn.__name__, fn))
+        return fn
+
+    def applied(self, db: sqlite_utils.Database) -> set[str]:
+        if not db["_migrations"].exists():
+            return set()
+        rows = db.query("select step from _migrations where name = ?", [self.name])
+        return {r["step"] for r in rows}
+
+    def apply(self, db: sqlite_utils.Database) -> None:
+        if len(self.applied(db)) == len(self.steps):
+            return
+        db.execute("BEGIN IMMEDIATE")  # serialises concurrent starters (server and CLI)
+        try:
+            if not db["_migrations"].exists():
+                db["_migrations"].create({"name": str, "step": str, "applied_at": str}, pk=("name", "step"))
+            done = self.applied(db)
+            for step, fn in self.steps:
+                if step not in done:
+                    fn(db)
+                    db["_migrations"].insert({"name": self.name, "step": step,
+                                              "applied_at": now_iso()})
+                    log.info("migration %s applied", step)
+            db.execute("COMMIT")
+        except BaseException:
+            db.rollback()
+            raise
+
+
+MIGRATIONS = Migrations("gateway")
+
+
+@MIGRATIONS
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["settings"].create({"key": str, "value": str}, pk="key")
+    db["accounts"].create({"id": str, "name": str, "callback_secret_version": int, "created_at": str}, pk="id",
+                          not_null={"name", "created_at"}, defaults={"callback_secret_version": 1})
+    db["accounts"].create_index(["name"], unique=True)
+    db["users"].create({"id": int, "login": str, "password_hash": str, "role": str, "account_id": str,
+                        "disabled": int, "created_at": str}, pk="id",
+                       not_null={"login", "password_hash", "role", "created_at"},
+                       defaults={"disabled": 0}, foreign_keys=[("account_id", "accounts", "id")])
+    db["users"].create_index(["login"], unique=True)
+    db["clients"].create({"id": int, "name": str, "token_hash": str, "created_at": str, "revoked_at": str},
+                         pk="id", not_null={"name", "token_hash", "created_at"})
+    db["clients"].create_index(["name"], unique=True)
+    db["clients"].create_index(["token_hash"], unique=True)
+    db["sessions"].create({"id": int, "token_hash": str, "user_id": int, "client_id": int, "created_at": str,
+                           "expires_at": float, "ended_at": str}, pk="id",
+                          not_null={"token_hash", "user_id", "client_id", "created_at", "expires_at"},
+                          foreign_keys=[("user_id", "users", "id"), ("client_id", "clients", "id")])
+    db["sessions"].create_index(["token_hash"], unique=True)
+    db["sessions"].create_index(["user_id"])
+    db["deadlines"].create({"id": int, "name": str, "hours": int, "created_at": str}, pk="id",
+                           not_null={"name", "hours", "created_at"})
+    db["specifications"].create({"key": int, "name": str, "created_at": str}, pk="key",
+                                not_null={"name", "created_at"})
+    db.execute("""
+        create table jobs (
+            id integer primary key autoincrement,
+            account_id text not null references accounts(id),
+            created_by integer not null references users(id),
+            name text not null,
+            description text not null,
+            invoice_reference text,
+            is_test integer not null default 0,
+            deadline_id integer references deadlines(id),
+            specification_key integer references specifications(key),
+            tags text not null default '[]',
+            callback_url text,
+            status text not null,
+            day text not null,
+            created_at text not null,
+            ftp_password_hash text not null,
+            finished_at real,
+            archived_at text
+        )""")
+    db["jobs"].create_index(["account_id", "id"])
+    db["jobs"].create_index(["status"])
+    db["job_events"].create({"id": int, "job_id": int, "status": str, "at": str, "actor": str}, pk="id",
+                            not_null={"job_id", "status", "at"}, foreign_keys=[("job_id", "jobs", "id")])
+    db["job_events"].create_index(["job_id"])
+    db["files"].create({"id": int, "job_id": int, "kind": str, "path": str, "size": int, "md5": str,
+                        "crc32": int, "mtime_ns": int, "created_at": str, "protocol": str, "login": str},
+                       pk="id", not_null={"job_id", "kind", "path", "size", "md5", "crc32", "mtime_ns",
+                                          "created_at"},
+                       foreign_keys=[("job_id", "jobs", "id")])
+    db["files"].create_index(["job_id", "kind", "path"], unique=True)
+    db["partials"].create({"id": int, "job_id": int, "kind": str, "path": str, "login": str, "temp_name": str,
+                           "size": int, "updated_at": float}, pk="id",
+                          not_null={"job_id", "kind", "path", "login", "temp_name", "size", "updated_at"},
+                          foreign_keys=[("job_id", "jobs", "id")])
+    db["partials"].create_index(["job_id", "kind", "path", "login"], unique=True)
+    db["callbacks"].create({"id": int, "job_id": int, "url": str, "attempts": int, "next_at": float,
+                            "state": str, "last_error": str}, pk="id",
+                           not_null={"job_id", "url", "attempts", "next_at", "state"},
+                           foreign_keys=[("job_id", "jobs", "id")])
+
+
+class Writer:
+    """The one thread that writes: callers submit fn(db, *args); a batch shares one transaction.
+
+    Each call runs in its own savepoint, so one failing call rolls back only itself; futures
+    resolve after COMMIT, so a caller that saw a result knows it is durable.
+    """
+
+    def __init__(self, path: str | Path, max_batch: int = 256) -> None:
+        self.path = Path(path)
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...],
+                                             concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
+        self._ready = concurrent.futures.Future[None]()
+        self._closed = False
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.result()  # re-raises a failure to open the database
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._closed:
+            fut.set_exception(RuntimeError("database writer is closed"))
+            return fut
+        self._queue.put((fn, args, fut))
+        return fut
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return self.submit(fn, *args).result()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            if self._thread.is_alive():
+                self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            db = open_db(self.path)
+        except BaseException as e:
+            self._ready.set_exception(e)
+            return
+        self._ready.set_result(None)
+        try:
+            while True:
+                first = self._queue.get()
+                batch = [first]
+                while first is not None and len(batch) < self.max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    batch.append(item)
+                    if item is None:
+                        break
+                work = [b for b in batch if b is not None]
+                if work:
+                    self._run_batch(db, work)
+                if len(work) < len(batch):
+                    return
+        finally:
+            db.close()
+
+    def _run_batch(self, db: sqlite_utils.Database,
+                   batch: list[tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]]) -> None:
+        done: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for fn, args, fut in batch:
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    with db.atomic():
+                        done.append((fut, fn(db, *args), None))
+                except Exception as e:
+                    done.append((fut, None, e))
+            db.execute("COMMIT")
+        except Exception as e:  # the transaction as a whole failed: nobody's write is durable
+            log.exception("database batch failed")
+            db.rollback()
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        for fut, result, err in done:
+            if err is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(err)

@@ -1,0 +1,444 @@
+"""Jobs, their files and statuses: plain synchronous functions taking the database first."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from gateway.accounts import Principal
+from gateway.db import now_iso
+from gateway.errors import Conflict, Forbidden, Gone, InvalidParameter, NotFound
+from gateway.storage import KINDS, Digest, Storage, finished_stat, hash_file
+
+log = logging.getLogger("gateway.jobs")
+
+PREPROCESS, WORK_PROGRESS, FINISHED, ARCHIVED = "CJ_PREPROCESS", "CJ_WORK_PROGRESS", "CJ_FINISHED", "CJ_ARCHIVED"
+STATUSES = {
+    PREPROCESS: "Created: originals are being uploaded (FTP or POST).",
+    WORK_PROGRESS: "Submitted: originals are frozen and the job is being processed.",
+    FINISHED: "Finished: the clipped images are ready for download.",
+    ARCHIVED: "Archived: the retention time passed and the files were removed.",
+}
+JOB_USER_PREFIX = "job-"
+
+
+def job_ftp_username(job_id: int) -> str:
+    return f"{JOB_USER_PREFIX}{job_id}"
+
+
+# ----------------------------------------------------------------------------- deadlines, specifications
+
+def create_deadline(db: sqlite_utils.Database, name: str, hours: int) -> dict[str, Any]:
+    if not name.strip() or hours <= 0:
+        raise InvalidParameter("hours", "a deadline needs a name and a positive number of hours")
+    row = {"name": name.strip(), "hours": hours, "created_at": now_iso()}
+    row["id"] = db["deadlines"].insert(row).last_pk
+    return {"id": row["id"], "name": row["name"], "hours": hours}
+
+
+def create_specification(db: sqlite_utils.Database, key: int, name: str) -> dict[str, Any]:
+    if not name.strip():
+        raise InvalidParameter("name", "a specification needs a name")
+    if db.execute("select 1 from specifications where key = ?", [key]).fetchone():
+        raise Conflict(f"a specification with key {key} exists already", code="duplicate")
+    db["specifications"].insert({"key": key, "name": name.strip(), "created_at": now_iso()})
+    return {"key": key, "name": name.strip()}
+
+
+def list_deadlines(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    return [{"id": r["id"], "name": r["name"], "hours": r["hours"]}
+            for r in db.query("select * from deadlines order by id")]
+
+
+def list_specifications(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    return [{"key": r["key"], "name": r["name"]} for r in db.query("select * from specifications order by key")]
+
+
+def deadline_exists(db: sqlite_utils.Database, deadline_id: int) -> bool:
+    return db.execute("select 1 from deadlines where id = ?", [deadline_id]).fetchone() is not None
+
+
+def specification_exists(db: sqlite_utils.Database, key: int) -> bool:
+    return db.execute("select 1 from specifications where key = ?", [key]).fetchone() is not None
+
+
+# ----------------------------------------------------------------------------- jobs
+
+@dataclass(frozen=True)
+class NewJob:
+    """A checked create-job request."""
+
+    name: str
+    description: str
+    invoice_reference: str | None = None
+    is_test: bool = False
+    deadline_id: int | None = None
+    specification_key: int | None = None
+    tags: tuple[str, ...] = ()
+    callback_url: str | None = None
+
+
+def create_job(db: sqlite_utils.Database, storage: Storage, who: Principal, new: NewJob,
+               ftp_password_hash: str) -> dict[str, Any]:
+    """Insert the job and make its ORIGINAL/ and CLIPPED/ folders (both before the caller answers)."""
+    if who.account_id is None:
+        raise Forbidden("Only a customer of an account can create jobs.")
+    if new.deadline_id is not None and not deadline_exists(db, new.deadline_id):
+        raise InvalidParameter("deadlineId", f"no deadline with id {new.deadline_id}")
+    if new.specification_key is not None and not specification_exists(db, new.specification_key):
+        raise InvalidParameter("specificationKey", f"no specification with key {new.specification_key}")
+    now = time.time()
+    cur = db.execute(
+        """insert into jobs (account_id, created_by, name, description, invoice_reference, is_test,
+                             deadline_id, specification_key, tags, callback_url, status, day, created_at,
+                             ftp_password_hash)
+           values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [who.account_id, who.user_id, new.name, new.description, new.invoice_reference, int(new.is_test),
+         new.deadline_id, new.specification_key, json.dumps(list(new.tags)), new.callback_url, PREPROCESS,
+         time.strftime("%Y%m%d", time.gmtime(now)), now_iso(now), ftp_password_hash])
+    job_id = int(cur.lastrowid or 0)
+    _event(db, job_id, PREPROCESS, who.login)
+    job = get_job(db, job_id)
+    assert job is not None
+    storage.make_job_dirs(job["day"], job_id)
+    return job
+
+
+def _event(db: sqlite_utils.Database, job_id: int, status: str, actor: str) -> None:
+    db["job_events"].insert({"job_id": job_id, "status": status, "at": now_iso(), "actor": actor})
+
+
+def get_job(db: sqlite_utils.Database, job_id: int) -> dict[str, Any] | None:
+    if not 0 < job_id < 2**63:
+        return None
+    row = next(iter(db.query("select * from jobs where id = ?", [job_id])), None)
+    if row is not None:
+        row["tags"] = json.loads(row["tags"])
+    return row
+
+
+def can_see(job: dict[str, Any], who: Principal) -> bool:
+    return who.is_processor or job["account_id"] == who.account_id
+
+
+def require_job(db: sqlite_utils.Database, job_id: int, who: Principal) -> dict[str, Any]:
+    """The job when this principal may see it; another account's job is exactly like a missing one."""
+    job = get_job(db, job_id)
+    if job is None or not can_see(job, who):
+        raise NotFound(f"Job {job_id} was not found.", code="job_not_found")
+    return job
+
+
+def list_jobs(db: sqlite_utils.Database, who: Principal, page: int, page_size: int,
+              status: str | None) -> tuple[list[dict[str, Any]], int]:
+    where, params = [], []
+    if not who.is_processor:
+        where.append("account_id = ?")
+        params.append(who.account_id)
+    if status:
+        where.append("status = ?")
+        params.append(status)
+    clause = (" where " + " and ".join(where)) if where else ""
+    total = db.execute(f"select count(*) from jobs{clause}", params).fetchone()[0]  # noqa: S608
+    rows = list(db.query(f"select * from jobs{clause} order by id desc limit ? offset ?",  # noqa: S608
+                         [*params, page_size, (page - 1) * page_size]))
+    for r in rows:
+        r["tags"] = json.loads(r["tags"])
+    return rows, total
+
+
+def job_history(db: sqlite_utils.Database, job_id: int) -> list[dict[str, Any]]:
+    return [{"status": r["status"], "at": r["at"], "actor": r["actor"]}
+            for r in db.query("select * from job_events where job_id = ? order by id", [job_id])]
+
+
+def file_counts(db: sqlite_utils.Database, job_id: int) -> dict[str, int]:
+    counts = dict.fromkeys(KINDS, 0)
+    for r in db.query("select kind, count(*) as n from files where job_id = ? group by kind", [job_id]):
+        counts[r["kind"]] = r["n"]
+    return counts
+
+
+def submit_job(db: sqlite_utils.Database, job_id: int, who: Principal) -> dict[str, Any]:
+    """The customer hands the job over: originals freeze from this moment."""
+    job = require_job(db, job_id, who)
+    if who.is_processor:
+        raise Forbidden("Only the customer submits a job.")
+    _transition(db, job, PREPROCESS, WORK_PROGRESS, who.login)
+    if file_counts(db, job_id)["ORIGINAL"] == 0:
+        raise Conflict("A job needs at least one original before it is submitted.", code="no_original_files")
+    return require_job(db, job_id, who)
+
+
+def finish_job(db: sqlite_utils.Database, job_id: int, who: Principal) -> dict[str, Any]:
+    """A processor delivers: CLIPPED freezes, the callback (if any) is queued."""
+    job = require_job(db, job_id, who)
+    if not who.is_processor:
+        raise Forbidden("Only a processor finishes a job.")
+    _transition(db, job, WORK_PROGRESS, FINISHED, who.login)
+    if file_counts(db, job_id)["CLIPPED"] == 0:
+        raise Conflict("A job needs at least one clipped file before it is finished.", code="no_clipped_files")
+    db.execute("update jobs set finished_at = ? where id = ?", [time.time(), job_id])
+    if job["callback_url"]:
+        db["callbacks"].insert({"job_id": job_id, "url": job["callback_url"], "attempts": 0,
+                                "next_at": time.time(), "state": "pending", "last_error": None})
+    return require_job(db, job_id, who)
+
+
+def _transition(db: sqlite_utils.Database, job: dict[str, Any], source: str, target: str, actor: str) -> None:
+    if job["status"] == ARCHIVED:
+        raise Gone()
+    if job["status"] != source:
+        raise Conflict(f"A job in {job['status']} cannot move to {target}.", code="invalid_status",
+                       status=job["status"])
+    db.execute("update jobs set status = ? where id = ?", [target, job["id"]])
+    _event(db, job["id"], target, actor)
+
+
+def jobs_due_for_archive(db: sqlite_utils.Database, retention_days: float) -> list[dict[str, Any]]:
+    cutoff = time.time() - retention_days * 86400
+    return list(db.query("select * from jobs where status = ? and finished_at <= ?", [FINISHED, cutoff]))
+
+
+def archive_job(db: sqlite_utils.Database, storage: Storage, job_id: int) -> bool:
+    """Remove a finished job's files past retention; its record stays, its status becomes archived."""
+    job = get_job(db, job_id)
+    if job is None or job["status"] != FINISHED:
+        return False
+    db.execute("update jobs set status = ?, archived_at = ? where id = ?", [ARCHIVED, now_iso(), job_id])
+    db.execute("delete from files where job_id = ?", [job_id])
+    db.execute("delete from partials where job_id = ?", [job_id])
+    _event(db, job_id, ARCHIVED, "retention")
+    storage.remove_job(job["day"], job_id)
+    return True
+
+
+# ----------------------------------------------------------------------------- who may write where
+
+def write_refusal(job: dict[str, Any], kind: str, who: Principal | None) -> Exception | None:
+    """Why this principal may not write into this kind folder now (None: it may)."""
+    status = job["status"]
+    if status == ARCHIVED:
+        return Gone("The job is archived: its files were removed.")
+    processor = who is not None and who.is_processor
+    if kind == "ORIGINAL":
+        if processor:
+            return Forbidden("Originals are read-only for processors.")
+        if status != PREPROCESS:
+            return Conflict(f"The job is {status}: originals are frozen once it is submitted.",
+                            code="job_not_accepting_uploads", status=status)
+        return None
+    if not processor:
+        return Forbidden("Clipped files are delivered by processors; they are read-only for customers.")
+    if status not in (PREPROCESS, WORK_PROGRESS):
+        return Conflict(f"The job is {status}: clipped files are frozen once it is finished.",
+                        code="job_not_accepting_uploads", status=status)
+    return None
+
+
+def check_write(job: dict[str, Any], kind: str, who: Principal | None) -> None:
+    err = write_refusal(job, kind, who)
+    if err is not None:
+        raise err
+
+
+# ----------------------------------------------------------------------------- files
+
+@dataclass(frozen=True)
+class Upload:
+    """A finished spool to move into place and record, in one writer call."""
+
+    job_id: int
+    kind: str
+    relpath: str
+    temp: Path
+    digest: Digest
+    protocol: str
+    login: str
+    who: Principal | None  # None: a per-job FTP login or an upload key, rights of the owning customer
+
+
+def commit_upload(db: sqlite_utils.Database, storage: Storage, up: Upload) -> dict[str, Any]:
+    """Check the job still takes the file, rename it into place and record it (the caller answers after)."""
+    job = get_job(db, up.job_id)
+    if job is None:
+        raise NotFound("The job is gone.", code="job_not_found")
+    check_write(job, up.kind, up.who)
+    target = storage.path(job["day"], up.job_id, up.kind, up.relpath)
+    if target.is_dir():
+        raise Conflict("A folder of that name exists.", code="name_conflict")
+    os.replace(up.temp, target)
+    st = os.stat(target)
+    row = {"job_id": up.job_id, "kind": up.kind, "path": up.relpath, "size": up.digest.size,
+           "md5": up.digest.md5, "crc32": up.digest.crc32, "mtime_ns": st.st_mtime_ns,
+           "created_at": now_iso(), "protocol": up.protocol, "login": up.login}
+    db.execute("""insert into files (job_id, kind, path, size, md5, crc32, mtime_ns, created_at, protocol, login)
+                  values (:job_id, :kind, :path, :size, :md5, :crc32, :mtime_ns, :created_at, :protocol, :login)
+                  on conflict (job_id, kind, path) do update set size = excluded.size, md5 = excluded.md5,
+                    crc32 = excluded.crc32, mtime_ns = excluded.mtime_ns, created_at = excluded.created_at,
+                    protocol = excluded.protocol, login = excluded.login""", row)
+    db.execute("delete from partials where job_id = ? and kind = ? and path = ? and login = ?",
+               [up.job_id, up.kind, up.relpath, up.login])
+    return file_record(db, up.job_id, up.kind, up.relpath) or row
+
+
+def file_record(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str) -> dict[str, Any] | None:
+    return next(iter(db.query("select * from files where job_id = ? and kind = ? and path = ?",
+                              [job_id, kind, relpath])), None)
+
+
+def get_file(db: sqlite_utils.Database, file_id: int) -> dict[str, Any] | None:
+    if not 0 < file_id < 2**63:
+        return None
+    return next(iter(db.query("select * from files where id = ?", [file_id])), None)
+
+
+def list_files(db: sqlite_utils.Database, job_id: int, kind: str | None = None) -> list[dict[str, Any]]:
+    if kind:
+        return list(db.query("select * from files where job_id = ? and kind = ? order by created_at desc, id desc",
+                             [job_id, kind]))
+    return list(db.query("select * from files where job_id = ? order by created_at desc, id desc", [job_id]))
+
+
+def files_for_zip(db: sqlite_utils.Database, job_id: int, kind: str) -> list[dict[str, Any]]:
+    return list(db.query("select * from files where job_id = ? and kind = ? order by path", [job_id, kind]))
+
+
+def delete_file(db: sqlite_utils.Database, storage: Storage, job_id: int, kind: str, relpath: str) -> None:
+    job = get_job(db, job_id)
+    if job is None:
+        raise NotFound()
+    path = storage.path(job["day"], job_id, kind, relpath)
+    finished_stat(path)
+    os.unlink(path)
+    db.execute("delete from files where job_id = ? and kind = ? and path = ?", [job_id, kind, relpath])
+
+
+def rename_path(db: sqlite_utils.Database, storage: Storage, job_id: int, kind: str, src: str, dst: str) -> None:
+    """Rename a file or folder below one kind folder and keep the records true."""
+    job = get_job(db, job_id)
+    if job is None:
+        raise NotFound()
+    s, d = storage.path(job["day"], job_id, kind, src), storage.path(job["day"], job_id, kind, dst)
+    if d.exists() and (d.is_dir() or s.is_dir()):
+        raise Conflict("The destination exists.", code="name_conflict")
+    os.rename(s, d)
+    db.execute("delete from files where job_id = ? and kind = ? and path = ?", [job_id, kind, dst])
+    db.execute("update files set path = ? where job_id = ? and kind = ? and path = ?", [dst, job_id, kind, src])
+    db.execute("""update files set path = ? || substr(path, ?) where job_id = ? and kind = ?
+                  and substr(path, 1, ?) = ?""", [dst + "/", len(src) + 2, job_id, kind, len(src) + 1, src + "/"])
+
+
+def touch_file(db: sqlite_utils.Database, storage: Storage, job_id: int, kind: str, relpath: str,
+               mtime: float) -> None:
+    """MFMT: set a finished file's time and record it (the zip is built from recorded times)."""
+    job = get_job(db, job_id)
+    if job is None:
+        raise NotFound()
+    path = storage.path(job["day"], job_id, kind, relpath)
+    finished_stat(path)
+    os.utime(path, (mtime, mtime))
+    db.execute("update files set mtime_ns = ? where job_id = ? and kind = ? and path = ?",
+               [os.stat(path).st_mtime_ns, job_id, kind, relpath])
+
+
+# ----------------------------------------------------------------------------- partial uploads (resume)
+
+def find_partial(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str,
+                 login: str) -> dict[str, Any] | None:
+    return next(iter(db.query("select * from partials where job_id = ? and kind = ? and path = ? and login = ?",
+                              [job_id, kind, relpath, login])), None)
+
+
+def save_partial(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str, login: str,
+                 temp_name: str, size: int) -> str | None:
+    """Keep an incomplete upload for its login; returns the temp name it replaced (to remove), if any."""
+    old = find_partial(db, job_id, kind, relpath, login)
+    db.execute("""insert into partials (job_id, kind, path, login, temp_name, size, updated_at)
+                  values (?, ?, ?, ?, ?, ?, ?)
+                  on conflict (job_id, kind, path, login) do update set temp_name = excluded.temp_name,
+                    size = excluded.size, updated_at = excluded.updated_at""",
+               [job_id, kind, relpath, login, temp_name, size, time.time()])
+    return old["temp_name"] if old and old["temp_name"] != temp_name else None
+
+
+def drop_partial(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str, login: str) -> str | None:
+    old = find_partial(db, job_id, kind, relpath, login)
+    if old:
+        db.execute("delete from partials where id = ?", [old["id"]])
+        return str(old["temp_name"])
+    return None
+
+
+def expire_partials(db: sqlite_utils.Database, storage: Storage, ttl: float) -> int:
+    """Remove partial uploads older than ttl (file and record)."""
+    n = 0
+    for p in list(db.query("""select p.*, j.day from partials p join jobs j on j.id = p.job_id
+                              where p.updated_at < ?""", [time.time() - ttl])):
+        _unlink_quiet(storage.kind_dir(p["day"], p["job_id"], p["kind"]) / p["temp_name"])
+        db.execute("delete from partials where id = ?", [p["id"]])
+        n += 1
+    return n
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# ----------------------------------------------------------------------------- reconciliation
+
+def reconcile(db: sqlite_utils.Database, storage: Storage, partial_ttl: float) -> dict[str, int]:
+    """Make disk and database agree after a crash; returns what changed (logged by the caller)."""
+    changes = {"expired_partials": expire_partials(db, storage, partial_ttl), "temp_removed": 0,
+               "files_recorded": 0, "records_removed": 0, "records_updated": 0, "partials_removed": 0}
+    for job in list(db.query("select id, day from jobs where status != ?", [ARCHIVED])):
+        for kind in KINDS:
+            _reconcile_kind(db, storage, job["id"], job["day"], kind, changes)
+    return {k: v for k, v in changes.items() if v}
+
+
+def _reconcile_kind(db: sqlite_utils.Database, storage: Storage, job_id: int, day: str, kind: str,
+                    changes: dict[str, int]) -> None:
+    base = storage.kind_dir(day, job_id, kind)
+    if not base.is_dir():
+        base.mkdir(parents=True, exist_ok=True)
+    partials = {p["temp_name"]: p for p in db.query(
+        "select * from partials where job_id = ? and kind = ?", [job_id, kind])}
+    for temp in storage.temp_files(day, job_id, kind):
+        rel = str(temp.relative_to(base))
+        if rel in partials:
+            partials.pop(rel)
+        else:
+            _unlink_quiet(temp)
+            changes["temp_removed"] += 1
+    for p in partials.values():  # a partial whose bytes are gone
+        db.execute("delete from partials where id = ?", [p["id"]])
+        changes["partials_removed"] += 1
+    records = {r["path"]: r for r in db.query("select * from files where job_id = ? and kind = ?", [job_id, kind])}
+    for rel, st in storage.scan(day, job_id, kind):
+        rec = records.pop(rel, None)
+        if rec is not None and rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns:
+            continue
+        digest = hash_file(base / rel)
+        row = {"job_id": job_id, "kind": kind, "path": rel, "size": digest.size, "md5": digest.md5,
+               "crc32": digest.crc32, "mtime_ns": st.st_mtime_ns, "created_at": now_iso(st.st_mtime),
+               "protocol": "reconcile", "login": None}
+        if rec is None:
+            db["files"].insert(row)
+            changes["files_recorded"] += 1
+        else:
+            db["files"].update(rec["id"], {k: row[k] for k in ("size", "md5", "crc32", "mtime_ns")})
+            changes["records_updated"] += 1
+    for rec in records.values():
+        db.execute("delete from files where id = ?", [rec["id"]])
+        changes["records_removed"] += 1

@@ -1,0 +1,143 @@
+"""Composition root: binds the sockets, builds the aiohttp app and attaches the FTP service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from gateway import accounts, jobs
+from gateway.api.app import create_app
+from gateway.api.keys import ADDRESSES, CONFIG, STORAGE, WRITER, Addresses
+from gateway.config import Config
+
+log = logging.getLogger("gateway")
+SWEEP_EVERY = 60.0
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Method, path, status, size and time; never the query string (it carries tokens and keys)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s" %s %s %.3fs', request.remote, request.method, request.path,
+                         response.status, response.body_length, time)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, reuse_port=False, backlog=1024)
+    sock.setblocking(False)
+    return sock
+
+
+def addresses_for(config: Config, http_port: int, ftp_port: int) -> Addresses:
+    return Addresses(config.public_url_for(http_port), config.ftp_public_host, ftp_port)
+
+
+def build_app(config: Config, addresses: Addresses, ftp_sock: socket.socket | None) -> web.Application:
+    """The API plus the process's background duties: start-up checks, sweeps, the FTP thread."""
+    app = create_app(config, addresses)
+    app.cleanup_ctx.append(_startup_duties)
+    if ftp_sock is not None:
+        from gateway.ftp.service import ftp_service_ctx  # noqa: PLC0415 - the only module knowing both sides
+
+        app.cleanup_ctx.append(ftp_service_ctx(ftp_sock))
+    app.cleanup_ctx.append(_sweeper)
+    return app
+
+
+async def _startup_duties(app: web.Application) -> AsyncIterator[None]:
+    config, writer = app[CONFIG], app[WRITER]
+    changes = await writer.run(jobs.reconcile, app[STORAGE], config.ftp.partial_ttl)
+    if changes:
+        log.info("start-up reconciliation changed: %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
+    if config.bootstrap_demo:
+        demo = await writer.run(accounts.bootstrap_demo)
+        if demo is not None:
+            print_demo(app[ADDRESSES], demo)
+    yield
+
+
+def print_demo(addrs: Addresses, demo: dict[str, str]) -> None:
+    url = addrs.public_url
+    login = f'{{"login": "{demo["login"]}", "password": "{demo["password"]}"}}'
+    head = f"-H 'Accept: application/json' -H 'Content-Type: application/json' -H 'X-Client-Token: {demo['token']}'"
+    lines = [
+        "",
+        "=" * 30 + " first start: demo credentials (shown once) " + "=" * 30,
+        f"  account: {demo['account']}   login: {demo['login']}   password: {demo['password']}",
+        f"  API client token: {demo['token']}",
+        "",
+        "  Create a session and a job (paste into a shell):",
+        "",
+        f"SESSION=$(curl -s -X POST {url}/sessions {head} -d '{login}' "
+        "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"token\"])')",
+        f"curl -s -X POST {url}/jobs {head} -H \"X-Session-Token: $SESSION\" "
+        "-d '{\"name\": \"Job of fruits\", \"description\": \"Cleap fruits from background\"}'",
+        "=" * 104,
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+    """Archive jobs past retention and drop expired partial uploads, once a minute."""
+
+    async def loop() -> None:
+        config, writer, storage = app[CONFIG], app[WRITER], app[STORAGE]
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            try:
+                for job in await writer.run(jobs.jobs_due_for_archive, config.jobs.retention_days):
+                    if await writer.run(jobs.archive_job, storage, job["id"]):
+                        log.info("job %s archived after %s days", job["id"], config.jobs.retention_days)
+                expired = await writer.run(jobs.expire_partials, storage, config.ftp.partial_ttl)
+                if expired:
+                    log.info("%d expired partial uploads removed", expired)
+            except Exception:
+                log.exception("sweep failed")
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.http.tls:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(config.http.tls_certfile, config.http.tls_keyfile)
+    return ctx
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
+
+
+def serve(config: Config) -> int:
+    """Run both servers until SIGINT/SIGTERM; running transfers get [server] shutdown_grace."""
+    setup_logging()
+    try:
+        http_sock = bind(config.http.host, config.http.port)
+        ftp_sock = bind(config.ftp.host, config.ftp.port)
+        ctx = ssl_context(config)
+    except OSError as e:
+        print(f"gateway: cannot listen: {e}", file=sys.stderr)
+        return 1
+    addrs = addresses_for(config, http_sock.getsockname()[1], ftp_sock.getsockname()[1])
+    app = build_app(config, addrs, None)
+    log.info("HTTP API on %s, FTP on %s", addrs.public_url, addrs.ftp_base())
+    web.run_app(app, sock=http_sock, ssl_context=ctx, shutdown_timeout=config.server.shutdown_grace,
+                print=None, access_log_class=AccessLogger, handler_cancellation=True)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,351 @@
+"""storage_root layout, safe names and paths, atomic spooled writes with hashing, scans."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import stat
+import threading
+import unicodedata
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+from gateway.errors import InsufficientStorage, InvalidParameter, NotFound, PayloadTooLarge
+
+KINDS = ("ORIGINAL", "CLIPPED")
+TEMP_PREFIX = ".gwtmp-"
+TEMP_RE = re.compile(r"^\.gwtmp-[0-9a-f]{24}$")
+MAX_NAME_BYTES = 255
+MAX_DEPTH = 16
+CHUNK = 1 << 20
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                     *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+# ----------------------------------------------------------------------------- names
+
+def name_problem(name: str) -> str | None:
+    """Why one path segment cannot be stored safely, or None when it can."""
+    if name in ("", ".", ".."):
+        return "empty, '.' or '..' is not a file name"
+    if "/" in name or "\\" in name:
+        return "a name must not contain '/' or '\\'"
+    if _CONTROL.search(name):
+        return "a name must not contain control characters"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "a name must be valid UTF-8"
+    if size > MAX_NAME_BYTES:
+        return f"a name must not be longer than {MAX_NAME_BYTES} bytes"
+    if name[-1] in ". ":
+        return "a name must not end with a dot or a space"
+    if name.split(".")[0].strip().upper() in _WINDOWS_RESERVED:
+        return "reserved device names (CON, NUL, COM1, ...) are not allowed"
+    if name.startswith(TEMP_PREFIX):
+        return "names starting with .gwtmp- are reserved"
+    return None
+
+
+def check_name(name: str, param: str = "fileName") -> None:
+    """Refuse a segment that is unsafe as written, as NFKC-folded or as percent-decoded."""
+    seen = set()
+    for candidate in (name, unquote(name)):
+        for form in (candidate, unicodedata.normalize("NFKC", candidate)):
+            if form in seen:
+                continue
+            seen.add(form)
+            why = name_problem(form)
+            if why:
+                raise InvalidParameter(param, f"{why}: {name!r}")
+
+
+def split_relpath(relpath: str, param: str = "fileName") -> list[str]:
+    """A relative path below a kind folder as checked segments ('a/b.jpg' -> ['a', 'b.jpg'])."""
+    parts = relpath.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise InvalidParameter(param, f"at most {MAX_DEPTH} folder levels")
+    for p in parts:
+        check_name(p, param)
+    return parts
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)
+
+
+# ----------------------------------------------------------------------------- layout
+
+@dataclass(frozen=True)
+class Storage:
+    """The tree storage_root/<yyyymmdd>/<jobId>/{ORIGINAL,CLIPPED}; every path goes through here."""
+
+    root: Path  # absolute, symlinks resolved: every path below it is compared with its realpath
+    min_free_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(os.path.realpath(self.root)))
+
+    def job_dir(self, day: str, job_id: int) -> Path:
+        if not (len(day) == 8 and day.isdigit()):
+            raise ValueError(f"bad day {day!r}")
+        return self.root / day / str(int(job_id))
+
+    def kind_dir(self, day: str, job_id: int, kind: str) -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"bad kind {kind!r}")
+        return self.job_dir(day, job_id) / kind
+
+    def make_job_dirs(self, day: str, job_id: int) -> None:
+        for kind in KINDS:
+            self.kind_dir(day, job_id, kind).mkdir(parents=True, exist_ok=True)
+
+    def remove_job(self, day: str, job_id: int) -> None:
+        """Remove every file of a job (archiving); the empty kind folders stay."""
+        for kind in KINDS:
+            d = self.kind_dir(day, job_id, kind)
+            if d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d)
+            d.mkdir(parents=True, exist_ok=True)
+
+    def path(self, day: str, job_id: int, kind: str, relpath: str) -> Path:
+        """The real path of a checked relative path below a kind folder."""
+        target = self.kind_dir(day, job_id, kind).joinpath(*split_relpath(relpath))
+        self.refuse_links(target)
+        return target
+
+    def refuse_links(self, target: Path) -> None:
+        """NotFound when any part of target below the root is a symlink (a link planted on disk)."""
+        if os.path.realpath(target) != str(target):
+            raise NotFound("No such file or directory.")
+
+    def temp_path(self, directory: Path) -> Path:
+        return directory / f"{TEMP_PREFIX}{secrets.token_hex(12)}"
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def check_free(self, incoming: int = 0) -> None:
+        """Refuse new uploads when free space is below the floor (or would fall under it)."""
+        if self.free_bytes() - incoming < self.min_free_bytes:
+            raise InsufficientStorage("Not enough free space to store the file.")
+
+    def scan(self, day: str, job_id: int, kind: str) -> Iterator[tuple[str, os.stat_result]]:
+        """Regular finished files below a kind folder: (relative path, stat); temp names and links skipped."""
+        base = self.kind_dir(day, job_id, kind)
+        stack = [("", base)]
+        while stack:
+            prefix, d = stack.pop()
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                rel = f"{prefix}{e.name}"
+                if e.is_symlink() or is_temp_name(e.name) or name_problem(e.name):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((rel + "/", Path(e.path)))
+                elif e.is_file(follow_symlinks=False):
+                    yield rel, e.stat(follow_symlinks=False)
+
+    def temp_files(self, day: str, job_id: int, kind: str) -> Iterator[Path]:
+        base = self.kind_dir(day, job_id, kind)
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+            for n in filenames:
+                if is_temp_name(n):
+                    yield Path(dirpath) / n
+
+
+# ----------------------------------------------------------------------------- spooled writes
+
+@dataclass(frozen=True)
+class Digest:
+    size: int
+    md5: str
+    crc32: int
+
+
+def hash_file(path: Path) -> Digest:
+    md5, crc, size = hashlib.md5(), 0, 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            md5.update(chunk)
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return Digest(size, md5.hexdigest(), crc)
+
+
+class Spool:
+    """A hidden temp file beside its final name; md5 and crc32 follow the writes on another thread.
+
+    The hasher reads back what was written (from the page cache), so the writer never waits for
+    it and memory stays flat; `digest()` waits until it has caught up. Writes are blocking: the
+    FTP thread calls them directly (page-cache writes), the HTTP loop through an executor.
+    """
+
+    INLINE_LIMIT = 1 << 20  # smaller files are hashed at the end, without a thread
+
+    def __init__(self, path: Path, max_size: int, start: int = 0, on_enospc: Callable[[], None] | None = None,
+                 existing: bool = False) -> None:
+        self.path = path
+        self.max_size = max_size
+        flags = os.O_WRONLY | os.O_CLOEXEC | (0 if existing else os.O_CREAT | os.O_EXCL)
+        self._fd = os.open(path, flags, 0o644)
+        self._rfd = -1
+        if existing:
+            os.ftruncate(self._fd, start)
+        self.size = start
+        self._hashed = 0
+        self._md5 = hashlib.md5()
+        self._crc = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._done_callbacks: list[Callable[[Spool], None]] = []
+        self.name = str(path)  # pyftpdlib logs file_obj.name
+        self.closed = False
+
+    # -- writing
+    def write(self, data: bytes | memoryview) -> int:
+        n = len(data)
+        if self.size + n > self.max_size:
+            raise PayloadTooLarge(f"The file is larger than the limit of {self.max_size} bytes.",
+                                  code="file_too_large")
+        view = memoryview(data)
+        try:
+            while view:
+                w = os.pwrite(self._fd, view, self.size)
+                self.size += w
+                view = view[w:]
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage("The disk is full: the file could not be stored.") from e
+            raise
+        if self.size > self.INLINE_LIMIT:
+            with self._cond:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._hash_loop, name="spool-hasher", daemon=True)
+                    self._thread.start()
+                self._cond.notify()
+        return n
+
+    def close(self) -> None:
+        """End of the bytes (pyftpdlib closes its file object when the data connection ends)."""
+        self.closed = True
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    # -- hashing
+    def _hash_upto(self, end: int) -> None:
+        if self._rfd < 0:
+            self._rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        while self._hashed < end:
+            chunk = os.pread(self._rfd, min(CHUNK, end - self._hashed), self._hashed)
+            if not chunk:
+                raise OSError(errno.EIO, "spool shrank while hashing")
+            self._md5.update(chunk)
+            self._crc = zlib.crc32(chunk, self._crc)
+            self._hashed += len(chunk)
+
+    def _hash_loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while self._hashed >= self.size and not self._closed:
+                        self._cond.wait()
+                    end, closed = self.size, self._closed
+                if self._hashed < end:
+                    self._hash_upto(end)
+                elif closed:
+                    break
+        except BaseException as e:  # reported by digest()
+            self._failed = e
+        self._fire()
+
+    def _fire(self) -> None:
+        with self._cond:
+            callbacks, self._done_callbacks = self._done_callbacks, []
+            self._cond.notify_all()
+        for cb in callbacks:
+            cb(self)
+
+    def when_hashed(self, callback: Callable[[Spool], None]) -> None:
+        """Call callback(spool) once every byte is hashed (from the hasher thread, or at once)."""
+        self.close()
+        with self._cond:
+            running = self._thread is not None and self._thread.is_alive()
+            if running:
+                self._done_callbacks.append(callback)
+                return
+        callback(self)
+
+    def digest(self) -> Digest:
+        """The size, md5 and crc32 of every byte written (blocks until the hasher caught up)."""
+        self.close()
+        if self._thread is not None:
+            self._thread.join()
+        if self._failed is not None:
+            raise self._failed
+        self._hash_upto(self.size)
+        return Digest(self.size, self._md5.hexdigest(), self._crc)
+
+    # -- ending
+    def _close_fds(self) -> None:
+        for attr in ("_fd", "_rfd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+
+    def release(self) -> None:
+        """Close the descriptors, keeping the temp file (a partial kept for resume)."""
+        self.close()
+        if self._thread is not None:
+            self._thread.join()
+        self._close_fds()
+
+    def discard(self) -> None:
+        self.release()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __del__(self) -> None:  # last resort: never leak descriptors
+        try:
+            self._close_fds()
+        except Exception:  # noqa: S110 - interpreter shutdown
+            pass
+
+
+def finished_stat(path: Path) -> os.stat_result:
+    """lstat of a finished file; a link or non-regular file is treated as missing."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
+    return st
+
+
+def copy_prefix(src: Path, dst_fd: int, length: int) -> None:
+    """Copy the first length bytes of src into dst_fd (resuming onto a finished file)."""
+    with open(src, "rb") as fh:
+        remaining, offset = length, 0
+        while remaining:
+            n = os.copy_file_range(fh.fileno(), dst_fd, remaining, offset, offset)
+            if n == 0:
+                break
+            remaining -= n
+            offset += n
