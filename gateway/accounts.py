@@ -43,7 +43,7 @@ def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=salt,
                             n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
-    return "scrypt${}${}${}${}${}".format(SCRYPT_N, SCRYPT_R, SCRYPT_P, _b64(salt), _b64(digest))
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
 
 @functools.cache
@@ -98,7 +98,7 @@ def create_account(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
     if db.execute("select 1 from accounts where name = ?", [name]).fetchone():
         raise Conflict(f"an account named {name!r} exists already", code="duplicate")
     row = {"id": str(uuid.uuid4()), "name": name, "callback_secret_version": 1, "created_at": now_iso()}
-    db["accounts"].insert(row)
+    db.table("accounts").insert(row)
     return row
 
 
@@ -149,7 +149,7 @@ def create_user(db: sqlite_utils.Database, login: str, password_hash: str, role:
         raise Conflict(f"a user with login {login!r} exists already", code="duplicate")
     row = {"login": login, "password_hash": password_hash, "role": role, "account_id": account_id,
            "disabled": 0, "created_at": now_iso()}
-    row["id"] = db["users"].insert(row).last_pk
+    row["id"] = db.table("users").insert(row).last_pk
     return public_user(row)
 
 
@@ -195,7 +195,7 @@ def create_client(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
         raise Conflict(f"a client named {name!r} exists already", code="duplicate")
     token = new_token()
     row = {"name": name, "token_hash": token_hash(token), "created_at": now_iso(), "revoked_at": None}
-    pk = db["clients"].insert(row).last_pk
+    pk = db.table("clients").insert(row).last_pk
     return {"id": pk, "name": name, "token": token}
 
 
@@ -240,7 +240,7 @@ def create_session(db: sqlite_utils.Database, user_id: int, client_id: int,
                    lifetime: float) -> dict[str, Any]:
     token = new_token()
     expires = time.time() + lifetime
-    db["sessions"].insert({"token_hash": token_hash(token), "user_id": user_id, "client_id": client_id,
+    db.table("sessions").insert({"token_hash": token_hash(token), "user_id": user_id, "client_id": client_id,
                            "created_at": now_iso(), "expires_at": expires, "ended_at": None})
     return {"token": token, "expiresAt": now_iso(expires), "_type": "CreateSessionResponseBody"}
 

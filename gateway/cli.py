@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: configuration error: {e}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        from gateway.server import serve  # noqa: PLC0415 - admin commands need no aiohttp or pyftpdlib
+        from gateway.server import serve
 
         return serve(config)
     try:

@@ -51,7 +51,7 @@ class Migrations:
         return fn
 
     def applied(self, db: sqlite_utils.Database) -> set[str]:
-        if not db["_migrations"].exists():
+        if not db.table("_migrations").exists():
             return set()
         rows = db.query("select step from _migrations where name = ?", [self.name])
         return {r["step"] for r in rows}
@@ -61,13 +61,13 @@ class Migrations:
             return
         db.execute("BEGIN IMMEDIATE")  # serialises concurrent starters (server and CLI)
         try:
-            if not db["_migrations"].exists():
-                db["_migrations"].create({"name": str, "step": str, "applied_at": str}, pk=("name", "step"))
+            if not db.table("_migrations").exists():
+                db.table("_migrations").create({"name": str, "step": str, "applied_at": str}, pk=("name", "step"))
             done = self.applied(db)
             for step, fn in self.steps:
                 if step not in done:
                     fn(db)
-                    db["_migrations"].insert({"name": self.name, "step": step,
+                    db.table("_migrations").insert({"name": self.name, "step": step,
                                               "applied_at": now_iso()})
                     log.info("migration %s applied", step)
             db.execute("COMMIT")
@@ -81,28 +81,28 @@ MIGRATIONS = Migrations("gateway")
 
 @MIGRATIONS
 def m001_initial(db: sqlite_utils.Database) -> None:
-    db["settings"].create({"key": str, "value": str}, pk="key")
-    db["accounts"].create({"id": str, "name": str, "callback_secret_version": int, "created_at": str}, pk="id",
+    db.table("settings").create({"key": str, "value": str}, pk="key")
+    db.table("accounts").create({"id": str, "name": str, "callback_secret_version": int, "created_at": str}, pk="id",
                           not_null={"name", "created_at"}, defaults={"callback_secret_version": 1})
-    db["accounts"].create_index(["name"], unique=True)
-    db["users"].create({"id": int, "login": str, "password_hash": str, "role": str, "account_id": str,
+    db.table("accounts").create_index(["name"], unique=True)
+    db.table("users").create({"id": int, "login": str, "password_hash": str, "role": str, "account_id": str,
                         "disabled": int, "created_at": str}, pk="id",
                        not_null={"login", "password_hash", "role", "created_at"},
                        defaults={"disabled": 0}, foreign_keys=[("account_id", "accounts", "id")])
-    db["users"].create_index(["login"], unique=True)
-    db["clients"].create({"id": int, "name": str, "token_hash": str, "created_at": str, "revoked_at": str},
+    db.table("users").create_index(["login"], unique=True)
+    db.table("clients").create({"id": int, "name": str, "token_hash": str, "created_at": str, "revoked_at": str},
                          pk="id", not_null={"name", "token_hash", "created_at"})
-    db["clients"].create_index(["name"], unique=True)
-    db["clients"].create_index(["token_hash"], unique=True)
-    db["sessions"].create({"id": int, "token_hash": str, "user_id": int, "client_id": int, "created_at": str,
+    db.table("clients").create_index(["name"], unique=True)
+    db.table("clients").create_index(["token_hash"], unique=True)
+    db.table("sessions").create({"id": int, "token_hash": str, "user_id": int, "client_id": int, "created_at": str,
                            "expires_at": float, "ended_at": str}, pk="id",
                           not_null={"token_hash", "user_id", "client_id", "created_at", "expires_at"},
                           foreign_keys=[("user_id", "users", "id"), ("client_id", "clients", "id")])
-    db["sessions"].create_index(["token_hash"], unique=True)
-    db["sessions"].create_index(["user_id"])
-    db["deadlines"].create({"id": int, "name": str, "hours": int, "created_at": str}, pk="id",
+    db.table("sessions").create_index(["token_hash"], unique=True)
+    db.table("sessions").create_index(["user_id"])
+    db.table("deadlines").create({"id": int, "name": str, "hours": int, "created_at": str}, pk="id",
                            not_null={"name", "hours", "created_at"})
-    db["specifications"].create({"key": int, "name": str, "created_at": str}, pk="key",
+    db.table("specifications").create({"key": int, "name": str, "created_at": str}, pk="key",
                                 not_null={"name", "created_at"})
     db.execute("""
         create table jobs (
@@ -124,23 +124,23 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             finished_at real,
             archived_at text
         )""")
-    db["jobs"].create_index(["account_id", "id"])
-    db["jobs"].create_index(["status"])
-    db["job_events"].create({"id": int, "job_id": int, "status": str, "at": str, "actor": str}, pk="id",
+    db.table("jobs").create_index(["account_id", "id"])
+    db.table("jobs").create_index(["status"])
+    db.table("job_events").create({"id": int, "job_id": int, "status": str, "at": str, "actor": str}, pk="id",
                             not_null={"job_id", "status", "at"}, foreign_keys=[("job_id", "jobs", "id")])
-    db["job_events"].create_index(["job_id"])
-    db["files"].create({"id": int, "job_id": int, "kind": str, "path": str, "size": int, "md5": str,
+    db.table("job_events").create_index(["job_id"])
+    db.table("files").create({"id": int, "job_id": int, "kind": str, "path": str, "size": int, "md5": str,
                         "crc32": int, "mtime_ns": int, "created_at": str, "protocol": str, "login": str},
                        pk="id", not_null={"job_id", "kind", "path", "size", "md5", "crc32", "mtime_ns",
                                           "created_at"},
                        foreign_keys=[("job_id", "jobs", "id")])
-    db["files"].create_index(["job_id", "kind", "path"], unique=True)
-    db["partials"].create({"id": int, "job_id": int, "kind": str, "path": str, "login": str, "temp_name": str,
+    db.table("files").create_index(["job_id", "kind", "path"], unique=True)
+    db.table("partials").create({"id": int, "job_id": int, "kind": str, "path": str, "login": str, "temp_name": str,
                            "size": int, "updated_at": float}, pk="id",
                           not_null={"job_id", "kind", "path", "login", "temp_name", "size", "updated_at"},
                           foreign_keys=[("job_id", "jobs", "id")])
-    db["partials"].create_index(["job_id", "kind", "path", "login"], unique=True)
-    db["callbacks"].create({"id": int, "job_id": int, "url": str, "attempts": int, "next_at": float,
+    db.table("partials").create_index(["job_id", "kind", "path", "login"], unique=True)
+    db.table("callbacks").create({"id": int, "job_id": int, "url": str, "attempts": int, "next_at": float,
                             "state": str, "last_error": str}, pk="id",
                            not_null={"job_id", "url", "attempts", "next_at", "state"},
                            foreign_keys=[("job_id", "jobs", "id")])

@@ -70,6 +70,7 @@ class InvalidParameter(BadRequest):
 
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"A parameter was not in the right format: {name}: {reason}", parameterName=name)
+        self.reason = reason
 
 
 class NameRequired(BadRequest):

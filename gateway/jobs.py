@@ -39,7 +39,7 @@ def create_deadline(db: sqlite_utils.Database, name: str, hours: int) -> dict[st
     if not name.strip() or hours <= 0:
         raise InvalidParameter("hours", "a deadline needs a name and a positive number of hours")
     row = {"name": name.strip(), "hours": hours, "created_at": now_iso()}
-    row["id"] = db["deadlines"].insert(row).last_pk
+    row["id"] = db.table("deadlines").insert(row).last_pk
     return {"id": row["id"], "name": row["name"], "hours": hours}
 
 
@@ -48,7 +48,7 @@ def create_specification(db: sqlite_utils.Database, key: int, name: str) -> dict
         raise InvalidParameter("name", "a specification needs a name")
     if db.execute("select 1 from specifications where key = ?", [key]).fetchone():
         raise Conflict(f"a specification with key {key} exists already", code="duplicate")
-    db["specifications"].insert({"key": key, "name": name.strip(), "created_at": now_iso()})
+    db.table("specifications").insert({"key": key, "name": name.strip(), "created_at": now_iso()})
     return {"key": key, "name": name.strip()}
 
 
@@ -112,7 +112,7 @@ def create_job(db: sqlite_utils.Database, storage: Storage, who: Principal, new:
 
 
 def _event(db: sqlite_utils.Database, job_id: int, status: str, actor: str) -> None:
-    db["job_events"].insert({"job_id": job_id, "status": status, "at": now_iso(), "actor": actor})
+    db.table("job_events").insert({"job_id": job_id, "status": status, "at": now_iso(), "actor": actor})
 
 
 def get_job(db: sqlite_utils.Database, job_id: int) -> dict[str, Any] | None:
@@ -187,7 +187,7 @@ def finish_job(db: sqlite_utils.Database, job_id: int, who: Principal) -> dict[s
         raise Conflict("A job needs at least one clipped file before it is finished.", code="no_clipped_files")
     db.execute("update jobs set finished_at = ? where id = ?", [time.time(), job_id])
     if job["callback_url"]:
-        db["callbacks"].insert({"job_id": job_id, "url": job["callback_url"], "attempts": 0,
+        db.table("callbacks").insert({"job_id": job_id, "url": job["callback_url"], "attempts": 0,
                                 "next_at": time.time(), "state": "pending", "last_error": None})
     return require_job(db, job_id, who)
 
@@ -284,8 +284,9 @@ def commit_upload(db: sqlite_utils.Database, storage: Storage, up: Upload) -> di
                   on conflict (job_id, kind, path) do update set size = excluded.size, md5 = excluded.md5,
                     crc32 = excluded.crc32, mtime_ns = excluded.mtime_ns, created_at = excluded.created_at,
                     protocol = excluded.protocol, login = excluded.login""", row)
-    db.execute("delete from partials where job_id = ? and kind = ? and path = ? and login = ?",
-               [up.job_id, up.kind, up.relpath, up.login])
+    old = drop_partial(db, up.job_id, up.kind, up.relpath, up.login)
+    if old is not None and storage.kind_dir(job["day"], up.job_id, up.kind) / old != up.temp:
+        _unlink_quiet(storage.kind_dir(job["day"], up.job_id, up.kind) / old)  # a fresh STOR replaced it
     return file_record(db, up.job_id, up.kind, up.relpath) or row
 
 
@@ -434,10 +435,10 @@ def _reconcile_kind(db: sqlite_utils.Database, storage: Storage, job_id: int, da
                "crc32": digest.crc32, "mtime_ns": st.st_mtime_ns, "created_at": now_iso(st.st_mtime),
                "protocol": "reconcile", "login": None}
         if rec is None:
-            db["files"].insert(row)
+            db.table("files").insert(row)
             changes["files_recorded"] += 1
         else:
-            db["files"].update(rec["id"], {k: row[k] for k in ("size", "md5", "crc32", "mtime_ns")})
+            db.table("files").update(rec["id"], {k: row[k] for k in ("size", "md5", "crc32", "mtime_ns")})
             changes["records_updated"] += 1
     for rec in records.values():
         db.execute("delete from files where id = ?", [rec["id"]])

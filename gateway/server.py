@@ -9,16 +9,19 @@ import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
+
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway import accounts, jobs
 from gateway.api.app import create_app
-from gateway.api.keys import ADDRESSES, CONFIG, STORAGE, WRITER, Addresses
+from gateway.api.keys import ADDRESSES, CONFIG, GUARD, STORAGE, WRITER, Addresses
 from gateway.config import Config
+from gateway.ftp.service import FtpService
 
 log = logging.getLogger("gateway")
 SWEEP_EVERY = 60.0
+FTP_SERVICE = web.AppKey("ftp_service", FtpService)
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -45,11 +48,34 @@ def build_app(config: Config, addresses: Addresses, ftp_sock: socket.socket | No
     app = create_app(config, addresses)
     app.cleanup_ctx.append(_startup_duties)
     if ftp_sock is not None:
-        from gateway.ftp.service import ftp_service_ctx  # noqa: PLC0415 - the only module knowing both sides
-
-        app.cleanup_ctx.append(ftp_service_ctx(ftp_sock))
+        attach_ftp(app, ftp_sock)
     app.cleanup_ctx.append(_sweeper)
     return app
+
+
+def attach_ftp(app: web.Application, sock: socket.socket) -> None:
+    """The FTP thread starts with the app, begins stopping with the app's shutdown (in parallel with
+    the HTTP side's grace) and is joined at cleanup, before the writer closes."""
+    holder: list[FtpService] = []
+
+    async def ftp_ctx(app: web.Application) -> AsyncIterator[None]:
+        service = FtpService(app[CONFIG], sock, app[WRITER], app[STORAGE], app[GUARD])
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, service.start)
+        holder.append(service)
+        app[FTP_SERVICE] = service
+        try:
+            yield
+        finally:
+            service.request_stop()
+            await loop.run_in_executor(None, service.join)
+
+    async def on_shutdown(app: web.Application) -> None:
+        for service in holder:
+            service.request_stop()
+
+    app.cleanup_ctx.append(ftp_ctx)
+    app.on_shutdown.append(on_shutdown)
 
 
 async def _startup_duties(app: web.Application) -> AsyncIterator[None]:
@@ -135,7 +161,7 @@ def serve(config: Config) -> int:
         print(f"gateway: cannot listen: {e}", file=sys.stderr)
         return 1
     addrs = addresses_for(config, http_sock.getsockname()[1], ftp_sock.getsockname()[1])
-    app = build_app(config, addrs, None)
+    app = build_app(config, addrs, ftp_sock)
     log.info("HTTP API on %s, FTP on %s", addrs.public_url, addrs.ftp_base())
     web.run_app(app, sock=http_sock, ssl_context=ctx, shutdown_timeout=config.server.shutdown_grace,
                 print=None, access_log_class=AccessLogger, handler_cancellation=True)

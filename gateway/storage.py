@@ -177,7 +177,7 @@ class Digest:
 
 
 def hash_file(path: Path) -> Digest:
-    md5, crc, size = hashlib.md5(), 0, 0
+    md5, crc, size = hashlib.md5(usedforsecurity=False), 0, 0
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             md5.update(chunk)
@@ -194,10 +194,9 @@ class Spool:
     FTP thread calls them directly (page-cache writes), the HTTP loop through an executor.
     """
 
-    INLINE_LIMIT = 1 << 20  # smaller files are hashed at the end, without a thread
+    INLINE_LIMIT = 1 << 20  # up to this many unhashed bytes are hashed at the end, without a thread
 
-    def __init__(self, path: Path, max_size: int, start: int = 0, on_enospc: Callable[[], None] | None = None,
-                 existing: bool = False) -> None:
+    def __init__(self, path: Path, max_size: int, start: int = 0, existing: bool = False) -> None:
         self.path = path
         self.max_size = max_size
         flags = os.O_WRONLY | os.O_CLOEXEC | (0 if existing else os.O_CREAT | os.O_EXCL)
@@ -207,15 +206,19 @@ class Spool:
             os.ftruncate(self._fd, start)
         self.size = start
         self._hashed = 0
-        self._md5 = hashlib.md5()
+        self._md5 = hashlib.md5(usedforsecurity=False)
         self._crc = 0
         self._cond = threading.Condition()
-        self._closed = False
+        self._ended = False
         self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._thread_done = False
         self._done_callbacks: list[Callable[[Spool], None]] = []
         self.name = str(path)  # pyftpdlib logs file_obj.name
         self.closed = False
+
+    def fileno(self) -> int:
+        return self._fd
 
     # -- writing
     def write(self, data: bytes | memoryview) -> int:
@@ -233,22 +236,30 @@ class Spool:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientStorage("The disk is full: the file could not be stored.") from e
             raise
-        if self.size > self.INLINE_LIMIT:
+        if self._thread is not None or self.size - self._hashed > self.INLINE_LIMIT:
             with self._cond:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._hash_loop, name="spool-hasher", daemon=True)
-                    self._thread.start()
+                self._start_hasher()
                 self._cond.notify()
         return n
+
+    def prefill(self, source: Path, length: int) -> None:
+        """Start from the first length bytes of a finished file (APPE or REST onto it)."""
+        copy_prefix(source, self._fd, length)
+        self.size = length
 
     def close(self) -> None:
         """End of the bytes (pyftpdlib closes its file object when the data connection ends)."""
         self.closed = True
         with self._cond:
-            self._closed = True
+            self._ended = True
             self._cond.notify()
 
     # -- hashing
+    def _start_hasher(self) -> None:  # with self._cond held
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._hash_loop, name="spool-hasher", daemon=True)
+            self._thread.start()
+
     def _hash_upto(self, end: int) -> None:
         if self._rfd < 0:
             self._rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -264,30 +275,29 @@ class Spool:
         try:
             while True:
                 with self._cond:
-                    while self._hashed >= self.size and not self._closed:
+                    while self._hashed >= self.size and not self._ended:
                         self._cond.wait()
-                    end, closed = self.size, self._closed
+                    end, ended = self.size, self._ended
                 if self._hashed < end:
                     self._hash_upto(end)
-                elif closed:
+                elif ended:
                     break
         except BaseException as e:  # reported by digest()
             self._failed = e
-        self._fire()
-
-    def _fire(self) -> None:
         with self._cond:
+            self._thread_done = True
             callbacks, self._done_callbacks = self._done_callbacks, []
-            self._cond.notify_all()
         for cb in callbacks:
             cb(self)
 
     def when_hashed(self, callback: Callable[[Spool], None]) -> None:
-        """Call callback(spool) once every byte is hashed (from the hasher thread, or at once)."""
-        self.close()
+        """End the bytes; call callback(spool) once all are hashed (from the hasher thread, or at once)."""
         with self._cond:
-            running = self._thread is not None and self._thread.is_alive()
-            if running:
+            self.closed = self._ended = True
+            self._cond.notify()
+            if self._thread is None and self.size - self._hashed > self.INLINE_LIMIT:
+                self._start_hasher()
+            if self._thread is not None and not self._thread_done:
                 self._done_callbacks.append(callback)
                 return
         callback(self)

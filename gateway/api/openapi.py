@@ -37,7 +37,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _err(text[c]) for c in codes}
 
 
-SECURED = [{"clientToken": [], "sessionToken": []}]
+SECURED: list[dict[str, list[str]]] = [{"clientToken": [], "sessionToken": []}]
 JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 BODY_JSON_FORM = ["application/json", "application/x-www-form-urlencoded"]
 
@@ -181,7 +181,7 @@ def _paths() -> dict[str, Any]:
         "responses": {"200": {"description": "The file", "content": {"application/octet-stream": {
             "schema": {"type": "string", "format": "binary"}}}},
                       "206": {"description": "A range of the file"}, **_errors(400, 401, 404, 410, 416)}}}
-    for path, key, summary in (("/deadlines", "deadlines", "Deadlines a job may name"),
+    for path, _key, summary in (("/deadlines", "deadlines", "Deadlines a job may name"),
                                ("/specifications", "specifications", "Specifications a job may name"),
                                ("/config/statuses", "statuses", "The job statuses and what they mean")):
         p[path] = {"get": {"summary": summary, "security": SECURED,
