@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as e:
         print(f"gateway: {e.message}", file=sys.stderr)
         return 1
-    except (OSError, sqlite3.Error) as e:
+    except (OSError, sqlite3.Error, OverflowError, ValueError) as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result))

@@ -174,6 +174,8 @@ def build_config(raw: dict[str, Any], base: Path) -> Config:
         else:
             raise ConfigError(f"unknown config key: {key}")
     cfg = Config(**top)
+    if not cfg.storage.root.strip():
+        raise ConfigError("storage.root: must not be empty")
     cfg = dataclasses.replace(
         cfg,
         storage=dataclasses.replace(cfg.storage, root=str(_resolve(base, cfg.storage.root))),
@@ -276,8 +278,6 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"http.cors_origins: {origin!r} is not an origin like https://app.example.com")
     if cfg.ftp.tls_required and not cfg.ftp.tls:
         raise ConfigError("ftp.tls_required: needs ftp.tls_certfile and ftp.tls_keyfile")
-    if not cfg.storage.root:
-        raise ConfigError("storage.root: must not be empty")
 
 
 def _check_passive(value: str) -> None:

@@ -227,6 +227,12 @@ class Writer:
                         done.append((fut, fn(db, *args), None))
                 except Exception as e:
                     done.append((fut, None, e))
+                    if not db.conn.in_transaction:
+                        # the error ended the whole transaction (a disk or I/O error, a ROLLBACK
+                        # trigger): what ran before it in this batch is gone too
+                        lost = sqlite3.OperationalError("rolled back with its batch; nothing was written")
+                        done = [(f, None, err or lost) for f, _, err in done]
+                        db.execute("BEGIN IMMEDIATE")
             db.execute("COMMIT")
         except Exception as e:  # the transaction as a whole failed: nobody's write is durable
             log.exception("database batch failed")

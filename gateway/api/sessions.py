@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway import accounts
 from gateway.api.keys import CONFIG, DB, EXECUTOR, GUARD, WRITER
-from gateway.api.middleware import endpoint, principal, read_body
+from gateway.api.middleware import CLIENT, endpoint, principal, read_body
 from gateway.errors import InvalidParameter, MissingParameter, TooManyRequests, Unauthorized
 
 
@@ -36,7 +36,7 @@ async def create_session(request: web.Request) -> web.Response:
             raise TooManyRequests("Too many failed logins from this address; try again later.")
         raise Unauthorized("Wrong login or password, or the user is disabled.")
     guard.succeeded(ip)
-    client = request["gateway.client"]
+    client = request[CLIENT]
     body_out = await request.app[WRITER].run(accounts.create_session, user["id"], client["id"],
                                              request.app[CONFIG].sessions.lifetime)
     return web.json_response(body_out, status=201)

@@ -1,0 +1,192 @@
+"""gateway.db: the process's one writer (batches, savepoints, durability, shutdown) and open_db."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+
+from gateway import accounts
+from gateway.db import MIGRATIONS, Writer, open_db
+from gateway.errors import Conflict
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "db" / "gateway.db"
+    open_db(path).close()  # schema in place before the tests look
+    return path
+
+
+@pytest.fixture
+def writer(db_path: Path) -> Iterator[Writer]:
+    w = Writer(db_path)
+    w.start()
+    yield w
+    w.close()
+
+
+def names_on_disk(path: Path) -> set[str]:
+    """What a brand-new connection (another process, say) sees in the accounts table."""
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("select name from accounts")}
+    finally:
+        conn.close()
+
+
+class Gate:
+    """A writer call that holds the writer until released, so the next calls queue up into one batch."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, db: sqlite_utils.Database) -> str:
+        self.entered.set()
+        assert self.release.wait(10)
+        return "gate"
+
+
+def insert_then_fail(db: sqlite_utils.Database, name: str) -> None:
+    accounts.create_account(db, name)
+    raise ValueError("this call fails after writing")
+
+
+def test_one_failing_call_does_not_roll_back_the_others_in_its_batch(writer: Writer, db_path: Path) -> None:
+    gate = Gate()
+    held = writer.submit(gate)
+    assert gate.entered.wait(10)
+    seen_by_c: dict[str, Any] = {}
+
+    def c(db: sqlite_utils.Database) -> dict[str, Any]:
+        # sees a in this same, still open transaction; nobody else sees it yet
+        seen_by_c["own"] = {r["name"] for r in db.query("select name from accounts")}
+        seen_by_c["others"] = names_on_disk(db_path)
+        return accounts.create_account(db, "c")
+
+    futures: list[concurrent.futures.Future[Any]] = [
+        writer.submit(accounts.create_account, "a"),
+        writer.submit(insert_then_fail, "b"),
+        writer.submit(accounts.create_account, "a"),  # a duplicate: Conflict, before writing
+        writer.submit(lambda db: db.execute("insert into accounts (id, name, created_at) "
+                                            "values ('x', 'a', 'now')")),  # IntegrityError
+        writer.submit(c)]
+    gate.release.set()
+    assert held.result(10) == "gate"
+    assert futures[0].result(10)["name"] == "a"
+    with pytest.raises(ValueError, match="fails after writing"):
+        futures[1].result(10)
+    with pytest.raises(Conflict):
+        futures[2].result(10)
+    with pytest.raises(sqlite3.IntegrityError):
+        futures[3].result(10)
+    assert futures[4].result(10)["name"] == "c"
+    assert seen_by_c == {"own": {"a"}, "others": set()}  # one batch, one transaction
+    assert names_on_disk(db_path) == {"a", "c"}
+
+
+def test_result_is_durable_once_the_future_resolves(writer: Writer, db_path: Path) -> None:
+    for i in range(20):
+        row = writer.call(accounts.create_account, f"acct-{i}")
+        assert row["name"] in names_on_disk(db_path)  # a fresh connection sees it at once
+
+
+def test_results_survive_close_and_reopen(db_path: Path) -> None:
+    w = Writer(db_path)
+    w.start()
+    futures = [w.submit(accounts.create_account, f"n{i}") for i in range(50)]
+    w.close()  # queued work is done before close returns
+    assert all(f.done() for f in futures)
+    assert {f.result()["name"] for f in futures} == {f"n{i}" for i in range(50)}
+    db = open_db(db_path)
+    try:
+        assert db.execute("select count(*) from accounts").fetchone()[0] == 50
+    finally:
+        db.close()
+
+
+def test_close_joins_the_writer_thread_and_refuses_later_work(db_path: Path) -> None:
+    w = Writer(db_path)
+    w.start()
+    assert "db-writer" in [t.name for t in threading.enumerate()]
+    w.close()
+    assert "db-writer" not in [t.name for t in threading.enumerate() if t.is_alive()]
+    with pytest.raises(RuntimeError, match="closed"):
+        w.call(accounts.create_account, "late")
+    w.close()  # twice is fine
+    assert names_on_disk(db_path) == set()
+
+
+async def test_run_awaits_the_result_on_the_loop(writer: Writer) -> None:
+    row = await writer.run(accounts.create_account, "async")
+    assert row["name"] == "async"
+    with pytest.raises(Conflict):
+        await writer.run(accounts.create_account, "async")
+
+
+def test_a_cancelled_call_never_runs(writer: Writer, db_path: Path) -> None:
+    gate = Gate()
+    writer.submit(gate)
+    assert gate.entered.wait(10)
+    doomed = writer.submit(accounts.create_account, "doomed")
+    assert doomed.cancel()
+    after = writer.submit(accounts.create_account, "after")
+    gate.release.set()
+    assert after.result(10)["name"] == "after"
+    assert names_on_disk(db_path) == {"after"}
+
+
+def test_start_reports_a_database_that_cannot_be_opened(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the database folder should be")
+    w = Writer(blocker / "gateway.db")
+    with pytest.raises(OSError):
+        w.start()
+    w.close()
+
+
+def test_every_reported_result_matches_what_is_durable(writer: Writer, db_path: Path) -> None:
+    writer.call(lambda db: db.execute("create table guarded (v text)"))
+    writer.call(lambda db: db.execute("create trigger no_guarded before insert on guarded "
+                                      "begin select raise(rollback, 'refused'); end"))
+    gate = Gate()
+    writer.submit(gate)
+    assert gate.entered.wait(10)
+    before = writer.submit(accounts.create_account, "before")
+    aborting = writer.submit(lambda db: db.execute("insert into guarded values ('x')"))
+    after = writer.submit(accounts.create_account, "after")
+    gate.release.set()
+    concurrent.futures.wait([before, aborting, after], timeout=10)
+    durable = names_on_disk(db_path)
+    for name, fut in (("before", before), ("after", after)):
+        ok = fut.exception() is None
+        assert ok == (name in durable), f"{name}: reported {'ok' if ok else fut.exception()}, durable {durable}"
+    with pytest.raises(sqlite3.IntegrityError, match="refused"):  # its own error, not the batch's
+        aborting.result()
+
+
+def test_open_db_sets_wal_and_foreign_keys_and_migrates_once(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "g.db"
+    db = open_db(path)
+    try:
+        assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
+        assert db.execute("pragma foreign_keys").fetchone()[0] == 1
+        steps = db.execute("select count(*) from _migrations").fetchone()[0]
+        assert steps == len(MIGRATIONS.steps) >= 1
+        with pytest.raises(sqlite3.IntegrityError):  # a user of a missing account is refused
+            db.execute("insert into users (login, password_hash, role, account_id, created_at) "
+                       "values ('x', 'h', 'customer', 'no-such-account', 'now')")
+    finally:
+        db.close()
+    db = open_db(path)
+    try:
+        assert db.execute("select count(*) from _migrations").fetchone()[0] == steps
+    finally:
+        db.close()
