@@ -36,14 +36,18 @@ def job_ftp_username(job_id: int) -> str:
 # ----------------------------------------------------------------------------- deadlines, specifications
 
 def create_deadline(db: sqlite_utils.Database, name: str, hours: int) -> dict[str, Any]:
-    if not name.strip() or hours <= 0:
-        raise InvalidParameter("hours", "a deadline needs a name and a positive number of hours")
+    if not name.strip():
+        raise InvalidParameter("name", "a deadline needs a name")
+    if not 0 < hours <= 1_000_000:
+        raise InvalidParameter("hours", "expected a number of hours from 1 to 1000000")
     row = {"name": name.strip(), "hours": hours, "created_at": now_iso()}
     row["id"] = db.table("deadlines").insert(row).last_pk
     return {"id": row["id"], "name": row["name"], "hours": hours}
 
 
 def create_specification(db: sqlite_utils.Database, key: int, name: str) -> dict[str, Any]:
+    if not 0 <= key <= 2**63 - 1:
+        raise InvalidParameter("key", "expected an integer from 0 to 2**63-1")
     if not name.strip():
         raise InvalidParameter("name", "a specification needs a name")
     if db.execute("select 1 from specifications where key = ?", [key]).fetchone():
@@ -218,6 +222,32 @@ def archive_job(db: sqlite_utils.Database, storage: Storage, job_id: int) -> boo
     _event(db, job_id, ARCHIVED, "retention")
     storage.remove_job(job["day"], job_id)
     return True
+
+
+# ----------------------------------------------------------------------------- finish callbacks
+
+CALLBACK_MAX_ATTEMPTS = 8
+CALLBACK_BACKOFF = 1.0  # seconds before the first retry; doubles each time, at most 5 minutes
+
+
+def due_callbacks(db: sqlite_utils.Database, now: float) -> list[dict[str, Any]]:
+    return list(db.query("select * from callbacks where state = 'pending' and next_at <= ? order by next_at",
+                         [now]))
+
+
+def callback_attempted(db: sqlite_utils.Database, callback_id: int, error: str | None) -> str:
+    """Record one delivery attempt; returns the new state (delivered, pending or failed)."""
+    row = next(iter(db.query("select * from callbacks where id = ?", [callback_id])))
+    attempts = row["attempts"] + 1
+    if error is None:
+        state, next_at = "delivered", row["next_at"]
+    elif attempts >= CALLBACK_MAX_ATTEMPTS:
+        state, next_at = "failed", row["next_at"]
+    else:
+        state, next_at = "pending", time.time() + min(300.0, CALLBACK_BACKOFF * 2 ** (attempts - 1))
+    db.execute("update callbacks set attempts = ?, state = ?, next_at = ?, last_error = ? where id = ?",
+               [attempts, state, next_at, error, callback_id])
+    return state
 
 
 # ----------------------------------------------------------------------------- who may write where

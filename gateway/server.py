@@ -163,7 +163,10 @@ def serve(config: Config) -> int:
     addrs = addresses_for(config, http_sock.getsockname()[1], ftp_sock.getsockname()[1])
     app = build_app(config, addrs, ftp_sock)
     log.info("HTTP API on %s, FTP on %s", addrs.public_url, addrs.ftp_base())
+    # aiohttp's keep-alive timer also runs from the moment a connection opens until its request
+    # headers are complete: it is the [http] header_timeout (slow or absent headers are cut off).
     web.run_app(app, sock=http_sock, ssl_context=ctx, shutdown_timeout=config.server.shutdown_grace,
-                print=None, access_log_class=AccessLogger, handler_cancellation=True)
+                keepalive_timeout=config.http.header_timeout, print=None, access_log_class=AccessLogger,
+                handler_cancellation=True)
     log.info("stopped")
     return 0

@@ -210,6 +210,7 @@ class Spool:
         self._crc = 0
         self._cond = threading.Condition()
         self._ended = False
+        self._cancelled = False
         self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._thread_done = False
@@ -263,7 +264,7 @@ class Spool:
     def _hash_upto(self, end: int) -> None:
         if self._rfd < 0:
             self._rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        while self._hashed < end:
+        while self._hashed < end and not self._cancelled:
             chunk = os.pread(self._rfd, min(CHUNK, end - self._hashed), self._hashed)
             if not chunk:
                 raise OSError(errno.EIO, "spool shrank while hashing")
@@ -278,6 +279,8 @@ class Spool:
                     while self._hashed >= self.size and not self._ended:
                         self._cond.wait()
                     end, ended = self.size, self._ended
+                if self._cancelled:
+                    break
                 if self._hashed < end:
                     self._hash_upto(end)
                 elif ended:
@@ -328,6 +331,8 @@ class Spool:
         self._close_fds()
 
     def discard(self) -> None:
+        """Throw the bytes away (the hasher stops at once)."""
+        self._cancelled = True
         self.release()
         try:
             os.unlink(self.path)

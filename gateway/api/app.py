@@ -10,8 +10,9 @@ from aiohttp import web
 
 from gateway import accounts
 from gateway.accounts import LoginGuard
+from gateway.api.callbacks import callbacks_ctx
 from gateway.api.keys import ADDRESSES, CONFIG, DB, EXECUTOR, GUARD, SECRET, STORAGE, WRITER, Addresses
-from gateway.api.middleware import errors_middleware, negotiation_middleware
+from gateway.api.middleware import cors_middleware, errors_middleware, negotiation_middleware
 from gateway.api.routes import add_routes
 from gateway.config import Config
 from gateway.db import Writer, open_db
@@ -26,7 +27,7 @@ def default_addresses(config: Config) -> Addresses:
 
 def create_app(config: Config, addresses: Addresses | None = None) -> web.Application:
     """Everything the API shares lives under typed keys; resources open and close in cleanup_ctx."""
-    app = web.Application(middlewares=[errors_middleware, negotiation_middleware],
+    app = web.Application(middlewares=[cors_middleware, errors_middleware, negotiation_middleware],
                           client_max_size=MAX_JSON_BODY)
     app[CONFIG] = config
     app[ADDRESSES] = addresses or default_addresses(config)
@@ -34,6 +35,7 @@ def create_app(config: Config, addresses: Addresses | None = None) -> web.Applic
     app[GUARD] = LoginGuard(config.security.login_failures, config.security.login_window,
                             config.security.ban_time)
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(callbacks_ctx)
     add_routes(app)
     return app
 

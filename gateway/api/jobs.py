@@ -121,17 +121,18 @@ def upload_key(secret: bytes, job_id: int) -> str:
     return accounts.derive(secret, "upload", job_id, length=32)
 
 
-def job_body(request: web.Request, job: dict[str, Any], who: Principal, type_: str,
+def job_body(app: web.Application, job: dict[str, Any], who: Principal | None, type_: str,
              detail: bool = True) -> dict[str, Any]:
-    app = request.app
+    """The job as the API shows it; without a principal (a callback) no capability URL is included."""
     addrs, secret = app[ADDRESSES], app[SECRET]
     ftp = f"{addrs.ftp_base()}/{job['day']}/{job['id']}"
-    post = None
-    if not who.is_processor:
+    post = get = None
+    if who is not None and not who.is_processor:
         post = f"{addrs.public_url}/upload/UploadFile.ashx?" + urlencode(
             {"jobID": job["id"], "accountID": upload_key(secret, job["id"])})
-    get = f"{addrs.public_url}/ajax/DownloadZip.ashx?" + urlencode(
-        {"centraljobid": job["id"], "sessionID": accounts.download_token(secret, job["id"], who)})
+    if who is not None:
+        get = f"{addrs.public_url}/ajax/DownloadZip.ashx?" + urlencode(
+            {"centraljobid": job["id"], "sessionID": accounts.download_token(secret, job["id"], who)})
     body: dict[str, Any] = {
         "id": job["id"],
         "name": job["name"],
@@ -169,7 +170,7 @@ async def create_job(request: web.Request) -> web.Response:
     ftp_password = accounts.new_token()
     app = request.app
     job = await app[WRITER].run(jobs.create_job, app[STORAGE], who, new, accounts.token_hash(ftp_password))
-    body = job_body(request, job, who, "CreateJobResponseBody")
+    body = job_body(request.app, job, who, "CreateJobResponseBody")
     body["upload"]["ftpPassword"] = ftp_password  # shown once, stored hashed
     return web.json_response(body, status=201, headers={"Location": f"/jobs/{job['id']}"})
 
@@ -182,7 +183,7 @@ def _job_id(request: web.Request) -> int:
 async def get_job(request: web.Request) -> web.Response:
     who = principal(request)
     job = jobs.require_job(request.app[DB], _job_id(request), who)
-    return web.json_response(job_body(request, job, who, "GetJobResponseBody"))
+    return web.json_response(job_body(request.app, job, who, "GetJobResponseBody"))
 
 
 def _page_param(request: web.Request, name: str, default: int, maximum: int) -> int:
@@ -204,7 +205,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise InvalidParameter("status", f"expected one of {', '.join(jobs.STATUSES)}")
     rows, total = jobs.list_jobs(request.app[DB], who, page, size, status)
     return web.json_response({
-        "jobs": [job_body(request, r, who, "JobListItem", detail=False) for r in rows],
+        "jobs": [job_body(request.app, r, who, "JobListItem", detail=False) for r in rows],
         "page": page, "pageSize": size, "total": total, "_type": "GetJobsResponseBody"})
 
 
@@ -212,11 +213,11 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def submit_job(request: web.Request) -> web.Response:
     who = principal(request)
     job = await request.app[WRITER].run(jobs.submit_job, _job_id(request), who)
-    return web.json_response(job_body(request, job, who, "GetJobResponseBody"))
+    return web.json_response(job_body(request.app, job, who, "GetJobResponseBody"))
 
 
 @endpoint(body="optional")
 async def finish_job(request: web.Request) -> web.Response:
     who = principal(request)
     job = await request.app[WRITER].run(jobs.finish_job, _job_id(request), who)
-    return web.json_response(job_body(request, job, who, "GetJobResponseBody"))
+    return web.json_response(job_body(request.app, job, who, "GetJobResponseBody"))

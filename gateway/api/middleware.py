@@ -14,12 +14,13 @@ from aiohttp import web
 
 from gateway import accounts
 from gateway.accounts import Principal
-from gateway.api.keys import DB
+from gateway.api.keys import CONFIG, DB
 from gateway.errors import (
     GatewayError,
     InvalidJson,
     MissingHeader,
     NotAcceptable,
+    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -29,7 +30,8 @@ JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
-_PRINCIPAL = "gateway.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
+CLIENT = web.RequestKey("client", dict)
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,12 @@ class Endpoint:
     kind: str = "json"  # json: Accept must name application/json; storage/open: exempt
     body: str = "none"  # required: JSON or form body expected; optional: checked when present; none
     auth: str = "session"  # session: both token headers; client: X-Client-Token only; none
+    cors: bool = False  # browsers on [http] cors_origins may call it
 
 
-def endpoint(kind: str = "json", body: str = "none", auth: str = "session") -> Callable[[H], H]:
+def endpoint(kind: str = "json", body: str = "none", auth: str = "session", cors: bool = False) -> Callable[[H], H]:
     def deco(fn: H) -> H:
-        fn.__gw_endpoint__ = Endpoint(kind, body, auth)  # type: ignore[attr-defined]
+        fn.__gw_endpoint__ = Endpoint(kind, body, auth, cors)  # type: ignore[attr-defined]
         return fn
     return deco
 
@@ -53,12 +56,29 @@ def endpoint_of(request: web.Request) -> Endpoint | None:
 
 
 def principal(request: web.Request) -> Principal:
-    who: Principal = request[_PRINCIPAL]
-    return who
+    return request[PRINCIPAL]
 
 
 def error_response(err: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(err.body(), status=err.status, headers=headers)
+
+
+def cors_headers(request: web.Request) -> dict[str, str] | None:
+    """CORS headers for a browser origin listed in [http] cors_origins (None: not allowed)."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin not in request.app[CONFIG].http.cors_origins:
+        return None
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers to allowed browser origins carry Access-Control-Allow-Origin, errors included."""
+    resp = await handler(request)
+    ep = endpoint_of(request)
+    if ep is not None and ep.cors and not resp.prepared:
+        resp.headers.update(cors_headers(request) or {})
+    return resp
 
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
@@ -129,13 +149,15 @@ async def negotiation_middleware(request: web.Request, handler: Handler) -> web.
     ep = endpoint_of(request)
     if ep is None:
         return await handler(request)
-    if ep.kind == "json" and not accepts_json(request.headers.get("Accept")):
+    if ep.kind == "json" and not accepts_json(", ".join(request.headers.getall("Accept", []))):
         raise NotAcceptable()
     if ep.body == "required" or (ep.body == "optional" and has_body(request)):
         if body_type(request) not in (JSON, FORM):
             raise UnsupportedMediaType()
     if ep.auth != "none":
-        request[_PRINCIPAL] = authenticate(request, ep.auth)
+        who = authenticate(request, ep.auth)
+        if who is not None:
+            request[PRINCIPAL] = who
     return await handler(request)
 
 
@@ -150,7 +172,7 @@ def authenticate(request: web.Request, auth: str) -> Principal | None:
     client = accounts.find_client(db, client_token)
     if client is None:
         raise Unauthorized("The client token is unknown or revoked.")
-    request["gateway.client"] = client
+    request[CLIENT] = client
     if auth == "client":
         return None
     assert session_token is not None
@@ -159,7 +181,10 @@ def authenticate(request: web.Request, auth: str) -> Principal | None:
 
 async def read_body(request: web.Request) -> dict[str, Any]:
     """The body as a mapping: a JSON object, or form fields (a repeated field becomes a list)."""
-    raw = await request.read()
+    try:
+        raw = await asyncio.wait_for(request.read(), request.app[CONFIG].http.body_timeout)
+    except TimeoutError:
+        raise RequestTimeout() from None
     kind = body_type(request)
     try:
         text = raw.decode("utf-8")

@@ -164,7 +164,10 @@ def _paths() -> dict[str, Any]:
                        {"name": "accountID", "in": "query", "required": True, "schema": {"type": "string"}}],
         "requestBody": multipart,
         "responses": {"201": _json(_ref("UploadFilesResponseBody"), "Stored"),
-                      **_errors(400, 404, 408, 409, 410, 411, 413, 415, 507)}}}
+                      **_errors(400, 404, 408, 409, 410, 411, 413, 415, 507)}},
+        "options": {"summary": "CORS preflight for browsers on [http] cors_origins",
+                    "responses": {"204": {"description": "The origin may upload"},
+                                  **_errors(403)}}}
     binary = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
     p["/ajax/DownloadZip.ashx"] = {"get": {
         "summary": "Every clipped (or ?kind=original) file of a job as one stored zip; Range supported",

@@ -134,7 +134,10 @@ class GatewayHandlerMixin:
         return bool(self.data_channel is not None or self._upload is not None or self._gw_busy)
 
     def on_connect(self: Any) -> None:
-        if self.gw.guard.banned(self.remote_ip):
+        if self.gw.stopping:
+            self.respond("421 Server shutting down; try again later.")
+            self.close_when_done()
+        elif self.gw.guard.banned(self.remote_ip):
             self.respond("421 Too many failed logins from your address; try again later.")
             self.close_when_done()
 

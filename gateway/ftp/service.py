@@ -98,6 +98,7 @@ class FtpService:
         self.db: sqlite_utils.Database  # the FTP thread's own reading connection, opened in the thread
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ftp-login")
         self.busy_temps: set[Path] = set()  # temp files a running transfer writes (FTP thread only)
+        self.stopping = False  # new sessions are answered 421 while running transfers finish
         self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
         self._waker: _Waker | None = None
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -174,7 +175,7 @@ class FtpService:
             if self._stop.is_set():
                 if deadline is None:
                     deadline = time.monotonic() + self.config.server.shutdown_grace
-                    server.close()  # no new sessions
+                    self.stopping = True
                     log.info("FTP: stopping; running transfers get %.0f s", self.config.server.shutdown_grace)
                 if self._close_idle(ioloop) == 0 or time.monotonic() > deadline:
                     return

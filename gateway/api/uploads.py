@@ -1,0 +1,175 @@
+"""Uploads over HTTP: originals to a job's postUrl (the URL is the capability), clipped files by processors.
+
+Each multipart part streams in 1 MiB chunks to a hidden spool (written on a worker thread while the
+next chunk is read; md5 and crc32 follow on the spool's hasher), then the writer renames it into
+place and records it before the next part starts. Parts are atomic one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import hmac
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import BodyPartReader, web
+
+from gateway import jobs
+from gateway.accounts import Principal
+from gateway.api.downloads import file_body
+from gateway.api.jobs import upload_key
+from gateway.api.keys import CONFIG, DB, EXECUTOR, SECRET, STORAGE, WRITER
+from gateway.api.middleware import body_type, cors_headers, endpoint, principal
+from gateway.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    Forbidden,
+    GatewayError,
+    LengthRequired,
+    MissingParameter,
+    NotFound,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
+from gateway.storage import Spool, check_name
+
+CHUNK = 1 << 20
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Target:
+    job: dict[str, Any]
+    kind: str
+    who: Principal | None  # None: the job's customer, through its upload key
+    login: str
+
+
+async def _timed(aw: Awaitable[T], timeout: float) -> T:
+    try:
+        return await asyncio.wait_for(aw, timeout)
+    except TimeoutError:
+        raise RequestTimeout(f"No part of the body arrived for {timeout:.0f} s.") from None
+
+
+def _md5_matches(header: str, hexdigest: str) -> bool:
+    """Content-MD5 is base64 of the digest (RFC 1864); a hex digest is accepted too."""
+    value = header.strip()
+    if len(value) == 32:
+        return hmac.compare_digest(value.lower(), hexdigest)
+    try:
+        return hmac.compare_digest(base64.b64decode(value, validate=True), bytes.fromhex(hexdigest))
+    except (binascii.Error, ValueError):
+        return False
+
+
+async def _store_part(request: web.Request, target: Target, part: BodyPartReader) -> dict[str, Any]:
+    app = request.app
+    config, storage, executor = app[CONFIG], app[STORAGE], app[EXECUTOR]
+    name = part.filename or ""
+    check_name(name)
+    expected = part.headers.get("Content-MD5")
+    loop = asyncio.get_running_loop()
+    kind_dir = storage.kind_dir(target.job["day"], target.job["id"], target.kind)
+    spool = Spool(storage.temp_path(kind_dir), config.storage.max_file_size)
+    pending: concurrent.futures.Future[int] | None = None
+    try:
+        while True:
+            chunk = await _timed(part.read_chunk(CHUNK), config.http.body_timeout)
+            if pending is not None:
+                await asyncio.wrap_future(pending)
+                pending = None
+            if not chunk:
+                break
+            pending = executor.submit(spool.write, chunk)  # written while the next chunk is read
+        digest = await loop.run_in_executor(executor, spool.digest)
+        if expected is not None and not _md5_matches(expected, digest.md5):
+            raise ChecksumMismatch(f"Content-MD5 of {name!r} does not match the bytes received.")
+        spool.release()
+        up = jobs.Upload(target.job["id"], target.kind, name, spool.path, digest, "http", target.login, target.who)
+        return await app[WRITER].run(jobs.commit_upload, storage, up)
+    except BaseException:
+        if pending is not None:
+            concurrent.futures.wait([pending])  # never close the file under a running write
+        spool.discard()
+        raise
+
+
+async def receive_files(request: web.Request, target: Target) -> web.Response:
+    """Store every file part; a failing part leaves the earlier ones stored and is named in the error."""
+    app = request.app
+    if body_type(request) != "multipart/form-data":
+        raise UnsupportedMediaType("Uploads must be multipart/form-data.")
+    chunked = request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+    if request.content_length is None and not chunked:
+        raise LengthRequired()
+    jobs.check_write(target.job, target.kind, target.who)
+    app[STORAGE].check_free()
+    stored: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    try:
+        try:
+            reader = await request.multipart()
+        except (ValueError, AssertionError) as e:
+            raise BadRequest(f"The multipart body could not be parsed: {e}", code="invalid_multipart") from None
+        while True:
+            try:
+                part = await _timed(reader.next(), app[CONFIG].http.body_timeout)
+            except (ValueError, AssertionError) as e:
+                raise BadRequest(f"The multipart body could not be parsed: {e}", code="invalid_multipart") from None
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("Nested multipart bodies are not supported.", code="invalid_multipart")
+            if part.filename is None:
+                await part.release()  # a plain form field
+                continue
+            current = {"name": part.name, "fileName": part.filename}
+            stored.append(await _store_part(request, target, part))
+            current = None
+    except GatewayError as e:
+        if current is not None:
+            e.context["failedPart"] = current
+        e.context["stored"] = [file_body(r) for r in stored]
+        raise
+    if not stored:
+        raise MissingParameter("file", "The body holds no file part (a part with a filename).")
+    return web.json_response({"files": [file_body(r) for r in stored], "_type": "UploadFilesResponseBody"},
+                             status=201)
+
+
+@endpoint(kind="storage", auth="none", cors=True)
+async def upload_original(request: web.Request) -> web.Response:
+    """postUrl: /upload/UploadFile.ashx?jobID=..&accountID=<upload key of that job>."""
+    raw_id, key = request.query.get("jobID", ""), request.query.get("accountID", "")
+    job = jobs.get_job(request.app[DB], int(raw_id)) if raw_id.isascii() and raw_id.isdigit() and len(
+        raw_id) < 19 else None
+    if job is None or not key or not hmac.compare_digest(key.encode(), upload_key(
+            request.app[SECRET], job["id"]).encode()):
+        raise NotFound("No job accepts uploads at this link.", code="upload_link_not_found")
+    return await receive_files(request, Target(job, "ORIGINAL", None, "postUrl"))
+
+
+@endpoint()
+async def upload_clipped(request: web.Request) -> web.Response:
+    """A processor delivers clipped files over HTTP (the FTP CLIPPED/ folder takes them too)."""
+    who = principal(request)
+    job = jobs.require_job(request.app[DB], int(request.match_info["id"]), who)
+    if not who.is_processor:
+        raise Forbidden("Clipped files are delivered by processors.")
+    return await receive_files(request, Target(job, "CLIPPED", who, who.login))
+
+
+@endpoint(kind="storage", auth="none", cors=True)
+async def upload_preflight(request: web.Request) -> web.Response:
+    headers = cors_headers(request)
+    if headers is None:
+        raise Forbidden("This origin may not upload here.")
+    headers.update({"Access-Control-Allow-Methods": "POST, OPTIONS",
+                    "Access-Control-Allow-Headers": "Content-Type, Content-MD5",
+                    "Access-Control-Max-Age": "600"})
+    return web.Response(status=204, headers=headers)
