@@ -12,6 +12,7 @@ class GatewayError(Exception):
     code = "internal_error"
     ftp_code = 451
     default_message = "The server encountered an unexpected condition."
+    headers: dict[str, str] = {}  # extra HTTP headers of the answer
 
     def __init__(self, message: str | None = None, **context: Any) -> None:
         self.message = message or self.default_message
@@ -216,6 +217,14 @@ class ServiceUnavailable(GatewayError):
     code = "service_unavailable"
     ftp_code = 421
     default_message = "The server is currently unavailable."
+
+
+class ShuttingDown(ServiceUnavailable):
+    """HTTP 503 shutting_down (with Retry-After, connection closed); FTP 421."""
+
+    code = "shutting_down"
+    default_message = "The server is shutting down; try again in a moment."
+    headers = {"Retry-After": "10", "Connection": "close"}
 
 
 class InsufficientStorage(GatewayError):

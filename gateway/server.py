@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,7 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from gateway import accounts, jobs
 from gateway.api.app import create_app
-from gateway.api.keys import ADDRESSES, CONFIG, GUARD, STORAGE, WRITER, Addresses
+from gateway.api.keys import ADDRESSES, CONFIG, GUARD, LIFECYCLE, STORAGE, WRITER, Addresses
 from gateway.config import Config
 from gateway.ftp.service import FtpService
 
@@ -113,12 +115,16 @@ def print_demo(addrs: Addresses, demo: dict[str, str]) -> None:
 
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
-    """Archive jobs past retention and drop expired partial uploads, once a minute."""
+    """Archive jobs past retention and drop expired partial uploads (once a minute by default)."""
+
+    config = app[CONFIG]
+    # short retention times (tests, trials) are honoured promptly; real ones are swept once a minute
+    every = max(0.25, min(SWEEP_EVERY, config.jobs.retention_days * 86400 / 10, config.ftp.partial_ttl / 10))
 
     async def loop() -> None:
-        config, writer, storage = app[CONFIG], app[WRITER], app[STORAGE]
+        writer, storage = app[WRITER], app[STORAGE]
         while True:
-            await asyncio.sleep(SWEEP_EVERY)
+            await asyncio.sleep(every)
             try:
                 for job in await writer.run(jobs.jobs_due_for_archive, config.jobs.retention_days):
                     if await writer.run(jobs.archive_job, storage, job["id"]):
@@ -163,10 +169,38 @@ def serve(config: Config) -> int:
     addrs = addresses_for(config, http_sock.getsockname()[1], ftp_sock.getsockname()[1])
     app = build_app(config, addrs, ftp_sock)
     log.info("HTTP API on %s, FTP on %s", addrs.public_url, addrs.ftp_base())
-    # aiohttp's keep-alive timer also runs from the moment a connection opens until its request
-    # headers are complete: it is the [http] header_timeout (slow or absent headers are cut off).
-    web.run_app(app, sock=http_sock, ssl_context=ctx, shutdown_timeout=config.server.shutdown_grace,
-                keepalive_timeout=config.http.header_timeout, print=None, access_log_class=AccessLogger,
-                handler_cancellation=True)
+    asyncio.run(_run(config, app, http_sock, ctx))
     log.info("stopped")
     return 0
+
+
+async def _run(config: Config, app: web.Application, http_sock: socket.socket, ctx: ssl.SSLContext | None) -> None:
+    # aiohttp's keep-alive timer also runs from the moment a connection opens until its request
+    # headers are complete: it is the [http] header_timeout (slow or absent headers are cut off).
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace,
+                           keepalive_timeout=config.http.header_timeout, access_log_class=AccessLogger,
+                           handler_cancellation=True)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, http_sock, ssl_context=ctx).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await drain(app, config.server.shutdown_grace)
+    finally:
+        await runner.cleanup()
+
+
+async def drain(app: web.Application, grace: float) -> None:
+    """New HTTP requests get 503 and new FTP sessions 421 while running ones get up to grace to finish."""
+    life = app[LIFECYCLE]
+    life.draining = True
+    ftp = app.get(FTP_SERVICE)
+    if ftp is not None:
+        ftp.request_stop()
+    log.info("stopping: running transfers get %.0f s", grace)
+    deadline = time.monotonic() + grace
+    while (life.active > 0 or (ftp is not None and ftp.running())) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)

@@ -397,15 +397,17 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 @pytest.fixture
 async def gateway_factory(config_factory: ConfigFactory, aiohttp_client: Any,
                           password_hashes: dict[str, str]) -> AsyncIterator[GatewayFactory]:
-    """`await gateway_factory(settings, world=True)`: a gateway served on 127.0.0.1 (port 0).
+    """`await gateway_factory(settings, world=True, ftp=False)`: a gateway served on 127.0.0.1 (port 0).
 
     The HTTP socket is bound first (gateway.server.bind) so the addresses the app hands out name
-    its real port; an FTP port is reserved the same way for the URLs (the FTP service joins later).
+    its real port; the FTP socket is bound the same way and, with ftp=True, the app's FTP service
+    (its own thread) serves it. FTP clients (ftplib, curl, lftp) may block the test's event loop:
+    the FTP thread and the writer never need it.
     """
     reserved: list[socket.socket] = []
 
     async def make(settings: Mapping[str, Any] | None = None, *, world: bool = True,
-                   folder: Path | None = None) -> Gateway:
+                   folder: Path | None = None, ftp: bool = False) -> Gateway:
         cf = config_factory(settings, folder=folder)
         cfg = cf.config
         http_sock = bind(cfg.http.host, cfg.http.port)
@@ -413,7 +415,7 @@ async def gateway_factory(config_factory: ConfigFactory, aiohttp_client: Any,
         reserved.append(ftp_sock)
         ftp_port = ftp_sock.getsockname()[1]
         addrs = addresses_for(cfg, http_sock.getsockname()[1], ftp_port)
-        app = build_app(cfg, addrs, None)
+        app = build_app(cfg, addrs, ftp_sock if ftp else None)
         server = TestServer(app, host=cfg.http.host, socket_factory=lambda *_: http_sock)
         client = await aiohttp_client(server)
         gw = Gateway(cf, client, None, ftp_port)
@@ -435,3 +437,9 @@ async def gw(gateway_factory: GatewayFactory) -> Gateway:
 def token_bytes(token: str) -> bytes:
     """The raw bytes of a URL-safe base64 token."""
     return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+@pytest.fixture
+async def ftp_gw(gateway_factory: GatewayFactory) -> Gateway:
+    """The default gateway with its world and its FTP server."""
+    return await gateway_factory(ftp=True)

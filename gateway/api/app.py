@@ -11,8 +11,20 @@ from aiohttp import web
 from gateway import accounts
 from gateway.accounts import LoginGuard
 from gateway.api.callbacks import callbacks_ctx
-from gateway.api.keys import ADDRESSES, CONFIG, DB, EXECUTOR, GUARD, SECRET, STORAGE, WRITER, Addresses
-from gateway.api.middleware import cors_middleware, errors_middleware, negotiation_middleware
+from gateway.api.keys import (
+    ADDRESSES,
+    CONFIG,
+    DB,
+    EXECUTOR,
+    GUARD,
+    LIFECYCLE,
+    SECRET,
+    STORAGE,
+    WRITER,
+    Addresses,
+    Lifecycle,
+)
+from gateway.api.middleware import cors_middleware, drain_middleware, errors_middleware, negotiation_middleware
 from gateway.api.routes import add_routes
 from gateway.config import Config
 from gateway.db import Writer, open_db
@@ -27,9 +39,10 @@ def default_addresses(config: Config) -> Addresses:
 
 def create_app(config: Config, addresses: Addresses | None = None) -> web.Application:
     """Everything the API shares lives under typed keys; resources open and close in cleanup_ctx."""
-    app = web.Application(middlewares=[cors_middleware, errors_middleware, negotiation_middleware],
+    app = web.Application(middlewares=[cors_middleware, errors_middleware, drain_middleware, negotiation_middleware],
                           client_max_size=MAX_JSON_BODY)
     app[CONFIG] = config
+    app[LIFECYCLE] = Lifecycle()
     app[ADDRESSES] = addresses or default_addresses(config)
     app[STORAGE] = Storage(config.storage_root, config.storage.min_free_bytes)
     app[GUARD] = LoginGuard(config.security.login_failures, config.security.login_window,

@@ -27,7 +27,16 @@ class Addresses:
         return f"ftp://{self.ftp_host}{port}"
 
 
+@dataclass
+class Lifecycle:
+    """Draining on SIGTERM: new requests are answered 503 while the running ones finish."""
+
+    draining: bool = False
+    active: int = 0
+
+
 CONFIG = web.AppKey("config", Config)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 ADDRESSES = web.AppKey("addresses", Addresses)
 DB = web.AppKey("db", sqlite_utils.Database)  # the loop thread's reading connection
 WRITER = web.AppKey("writer", Writer)

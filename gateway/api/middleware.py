@@ -14,13 +14,14 @@ from aiohttp import web
 
 from gateway import accounts
 from gateway.accounts import Principal
-from gateway.api.keys import CONFIG, DB
+from gateway.api.keys import CONFIG, DB, LIFECYCLE
 from gateway.errors import (
     GatewayError,
     InvalidJson,
     MissingHeader,
     NotAcceptable,
     RequestTimeout,
+    ShuttingDown,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -59,8 +60,21 @@ def principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
 
 
-def error_response(err: GatewayError, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(err.body(), status=err.status, headers=headers)
+def error_response(err: GatewayError) -> web.Response:
+    return web.json_response(err.body(), status=err.status, headers=err.headers or None)
+
+
+@web.middleware
+async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts running requests; once the server drains for shutdown, new ones get 503."""
+    life = request.app[LIFECYCLE]
+    if life.draining:
+        raise ShuttingDown()
+    life.active += 1
+    try:
+        return await handler(request)
+    finally:
+        life.active -= 1
 
 
 def cors_headers(request: web.Request) -> dict[str, str] | None:

@@ -126,6 +126,9 @@ class FtpService:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     # -- the FTP thread
     def _run_calls(self) -> None:
         while self._calls:
