@@ -177,8 +177,23 @@ class GatewayHandlerMixin:
             self.respond(reply_for(e))
 
     def flush_account(self: Any) -> None:
+        self._abandon_pending_upload()
         super().flush_account()  # type: ignore[misc]
         self.gw_login = None
+
+    def close(self: Any) -> None:
+        if not self._closed:
+            self._abandon_pending_upload()
+        super().close()  # type: ignore[misc]
+
+    def _abandon_pending_upload(self: Any) -> None:
+        """A STOR whose data connection never came (ABOR, another STOR, logout, hang-up): its spool goes."""
+        ctx = self._upload
+        if ctx is not None and self.data_channel is None:
+            self._upload = None
+            if self._in_dtp_queue is not None and self._in_dtp_queue[0] is ctx.spool:
+                self._in_dtp_queue = None
+            self._drop_upload(ctx)
 
     def _async(self: Any, ok: str, fn: Any, *args: Any) -> None:
         """Run fn(db, *args) on the writer; answer ok (or the failure) when it is durable."""
@@ -244,6 +259,7 @@ class GatewayHandlerMixin:
         rest = self._restart_position
         self._restart_position = 0
         cmd = "APPE" if "a" in mode else "STOR"
+        self._abandon_pending_upload()
         try:
             node = self._upload_target(file)
             self.gw.storage.check_free()
@@ -390,6 +406,7 @@ class GatewayHandlerMixin:
             super().ftp_ABOR(line)  # type: ignore[misc]
         finally:
             self._aborting = False
+        self._abandon_pending_upload()
 
     def ftp_SIZE(self: Any, path: str) -> None:
         """A finished file's size, or the size of this login's own interrupted upload of that name."""
