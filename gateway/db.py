@@ -146,6 +146,13 @@ def m001_initial(db: sqlite_utils.Database) -> None:
                            foreign_keys=[("job_id", "jobs", "id")])
 
 
+@MIGRATIONS
+def m002_lookup_indexes(db: sqlite_utils.Database) -> None:
+    """FTP listings go by day; the callback loop looks for due deliveries twice a second."""
+    db.table("jobs").create_index(["day", "account_id"])
+    db.table("callbacks").create_index(["state", "next_at"])
+
+
 class Writer:
     """The one thread that writes: callers submit fn(db, *args); a batch shares one transaction.
 

@@ -309,15 +309,17 @@ def commit_upload(db: sqlite_utils.Database, storage: Storage, up: Upload) -> di
     row = {"job_id": up.job_id, "kind": up.kind, "path": up.relpath, "size": up.digest.size,
            "md5": up.digest.md5, "crc32": up.digest.crc32, "mtime_ns": st.st_mtime_ns,
            "created_at": now_iso(), "protocol": up.protocol, "login": up.login}
-    db.execute("""insert into files (job_id, kind, path, size, md5, crc32, mtime_ns, created_at, protocol, login)
-                  values (:job_id, :kind, :path, :size, :md5, :crc32, :mtime_ns, :created_at, :protocol, :login)
-                  on conflict (job_id, kind, path) do update set size = excluded.size, md5 = excluded.md5,
-                    crc32 = excluded.crc32, mtime_ns = excluded.mtime_ns, created_at = excluded.created_at,
-                    protocol = excluded.protocol, login = excluded.login""", row)
+    rec = next(iter(db.query(
+        """insert into files (job_id, kind, path, size, md5, crc32, mtime_ns, created_at, protocol, login)
+           values (:job_id, :kind, :path, :size, :md5, :crc32, :mtime_ns, :created_at, :protocol, :login)
+           on conflict (job_id, kind, path) do update set size = excluded.size, md5 = excluded.md5,
+             crc32 = excluded.crc32, mtime_ns = excluded.mtime_ns, created_at = excluded.created_at,
+             protocol = excluded.protocol, login = excluded.login
+           returning *""", row)))
     old = drop_partial(db, up.job_id, up.kind, up.relpath, up.login)
     if old is not None and storage.kind_dir(job["day"], up.job_id, up.kind) / old != up.temp:
         _unlink_quiet(storage.kind_dir(job["day"], up.job_id, up.kind) / old)  # a fresh STOR replaced it
-    return file_record(db, up.job_id, up.kind, up.relpath) or row
+    return rec
 
 
 def file_record(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str) -> dict[str, Any] | None:
@@ -401,11 +403,10 @@ def save_partial(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str
 
 
 def drop_partial(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str, login: str) -> str | None:
-    old = find_partial(db, job_id, kind, relpath, login)
-    if old:
-        db.execute("delete from partials where id = ?", [old["id"]])
-        return str(old["temp_name"])
-    return None
+    """Forget a login's partial upload of a name; returns its temp name (the caller removes the file)."""
+    rows = db.execute("delete from partials where job_id = ? and kind = ? and path = ? and login = ? "
+                     "returning temp_name", [job_id, kind, relpath, login]).fetchall()
+    return str(rows[0][0]) if rows else None
 
 
 def expire_partials(db: sqlite_utils.Database, storage: Storage, ttl: float) -> int:

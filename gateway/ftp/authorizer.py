@@ -50,6 +50,12 @@ class FtpLogin:
                           [*params, jobs.ARCHIVED]).fetchall()
         return [r[0] for r in rows]
 
+    def has_day(self, db: sqlite_utils.Database, day: str) -> bool:
+        where, params = self._scope()
+        row = db.execute(f"select 1 from jobs where {where} and day = ? and status != ? limit 1",  # noqa: S608
+                         [*params, day, jobs.ARCHIVED]).fetchone()
+        return row is not None
+
     def job_ids(self, db: sqlite_utils.Database, day: str) -> list[int]:
         where, params = self._scope()
         rows = db.execute(f"select id from jobs where {where} and day = ? and status != ? order by id",  # noqa: S608

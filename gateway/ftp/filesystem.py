@@ -108,9 +108,11 @@ class VirtualFS(AbstractedFS):  # type: ignore[misc]
         if not parts:
             return Node("/", 0, root)
         day = parts[0]
-        if not (len(day) == 8 and day.isdigit()) or day not in self.visible_days():
+        if not (len(day) == 8 and day.isdigit()):
             raise FilesystemError(NOT_FOUND)
         if len(parts) == 1:
+            if not self.login.has_day(self.gw.db, day):
+                raise FilesystemError(NOT_FOUND)
             return Node(vpath, 1, root / day, day)
         if not (parts[1].isdigit() and len(parts[1]) <= 18):
             raise FilesystemError(NOT_FOUND)

@@ -329,7 +329,7 @@ class GatewayHandlerMixin:
         if ctx is None:
             return
         self._gw_busy = True
-        ctx.spool.when_hashed(lambda _s: self.gw.call_soon(self._upload_hashed, ctx))
+        ctx.spool.when_hashed(lambda _s: self.gw.call_soon(self._upload_hashed, ctx))  # small files: at once
 
     def _peer_gone(self: Any) -> bool:
         """The control connection was closed by the client (a killed client also ends its data stream)."""
@@ -466,6 +466,8 @@ class GatewayHandlerMixin:
         self._async("250 Renaming ok.", jobs.rename_path, self.gw.storage, s.job_id, s.kind, s.rel, d.rel)
 
     def ftp_MFMT(self: Any, path: str, timeval: str) -> None:
+        """Set a file's time. Answered at once: the writer applies it to disk and record together, in
+        order with this session's other changes (clients send MFMT after every STOR)."""
         try:
             mtime = calendar.timegm(time.strptime(timeval, "%Y%m%d%H%M%S"))
         except ValueError:
@@ -474,8 +476,9 @@ class GatewayHandlerMixin:
         node = self._existing_file(path)
         if not self.fs.isfile(path):
             raise FilesystemError("Not a file")
-        self._async(f"213 Modify={timeval}; {path}.", jobs.touch_file, self.gw.storage, node.job_id, node.kind,
-                    node.rel, float(mtime))
+        fut = self.gw.writer.submit(jobs.touch_file, self.gw.storage, node.job_id, node.kind, node.rel, float(mtime))
+        fut.add_done_callback(_log_failure)
+        self.respond(f"213 Modify={timeval}; {path}.")
 
     def ftp_SITE_CHMOD(self: Any, path: str, mode: str) -> None:
         self.respond("550 Permission denied: modes are fixed.")
@@ -505,6 +508,11 @@ class GatewayHandlerMixin:
             self.respond("200 MD5")
         else:
             self.respond("501 MD5 is the only hash algorithm supported.")
+
+
+def _log_failure(fut: Any) -> None:
+    if fut.exception() is not None:
+        log.warning("FTP: a deferred change failed: %s", fut.exception())
 
 
 def _forget_partial_file(db: Any, job_id: int, kind: str, rel: str, login: str, temp_name: str) -> None:
