@@ -153,6 +153,14 @@ def m002_lookup_indexes(db: sqlite_utils.Database) -> None:
     db.table("callbacks").create_index(["state", "next_at"])
 
 
+@MIGRATIONS
+def m003_files_uploaded_ns(db: sqlite_utils.Database) -> None:
+    """Newest-first listings need sub-second upload order (a replaced file keeps its id)."""
+    db.table("files").add_column("uploaded_ns", int, not_null_default=0)
+    db.execute("update files set uploaded_ns = id")  # rows so far: their id order is their upload order
+    db.table("files").create_index(["job_id", "uploaded_ns"])
+
+
 class Writer:
     """The one thread that writes: callers submit fn(db, *args); a batch shares one transaction.
 

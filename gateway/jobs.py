@@ -165,7 +165,8 @@ def job_history(db: sqlite_utils.Database, job_id: int) -> list[dict[str, Any]]:
 
 def file_counts(db: sqlite_utils.Database, job_id: int) -> dict[str, int]:
     counts = dict.fromkeys(KINDS, 0)
-    for r in db.query("select kind, count(*) as n from files where job_id = ? group by kind", [job_id]):
+    for r in db.query("""select f.kind, count(*) as n from files f join jobs j on j.id = f.job_id
+                         where f.job_id = ? and j.status != ? group by f.kind""", [job_id, ARCHIVED]):
         counts[r["kind"]] = r["n"]
     return counts
 
@@ -212,12 +213,12 @@ def jobs_due_for_archive(db: sqlite_utils.Database, retention_days: float) -> li
 
 
 def archive_job(db: sqlite_utils.Database, storage: Storage, job_id: int) -> bool:
-    """Remove a finished job's files past retention; its record stays, its status becomes archived."""
+    """Remove a finished job's files past retention. The job and its file records stay (so old links
+    answer 410 Gone); listings, counts and zips of an archived job are empty."""
     job = get_job(db, job_id)
     if job is None or job["status"] != FINISHED:
         return False
     db.execute("update jobs set status = ?, archived_at = ? where id = ?", [ARCHIVED, now_iso(), job_id])
-    db.execute("delete from files where job_id = ?", [job_id])
     db.execute("delete from partials where job_id = ?", [job_id])
     _event(db, job_id, ARCHIVED, "retention")
     storage.remove_job(job["day"], job_id)
@@ -308,13 +309,15 @@ def commit_upload(db: sqlite_utils.Database, storage: Storage, up: Upload) -> di
     st = os.stat(target)
     row = {"job_id": up.job_id, "kind": up.kind, "path": up.relpath, "size": up.digest.size,
            "md5": up.digest.md5, "crc32": up.digest.crc32, "mtime_ns": st.st_mtime_ns,
-           "created_at": now_iso(), "protocol": up.protocol, "login": up.login}
+           "created_at": now_iso(), "protocol": up.protocol, "login": up.login, "uploaded_ns": time.time_ns()}
     rec = next(iter(db.query(
-        """insert into files (job_id, kind, path, size, md5, crc32, mtime_ns, created_at, protocol, login)
-           values (:job_id, :kind, :path, :size, :md5, :crc32, :mtime_ns, :created_at, :protocol, :login)
+        """insert into files (job_id, kind, path, size, md5, crc32, mtime_ns, created_at, protocol, login,
+                              uploaded_ns)
+           values (:job_id, :kind, :path, :size, :md5, :crc32, :mtime_ns, :created_at, :protocol, :login,
+                   :uploaded_ns)
            on conflict (job_id, kind, path) do update set size = excluded.size, md5 = excluded.md5,
              crc32 = excluded.crc32, mtime_ns = excluded.mtime_ns, created_at = excluded.created_at,
-             protocol = excluded.protocol, login = excluded.login
+             protocol = excluded.protocol, login = excluded.login, uploaded_ns = excluded.uploaded_ns
            returning *""", row)))
     old = drop_partial(db, up.job_id, up.kind, up.relpath, up.login)
     if old is not None and storage.kind_dir(job["day"], up.job_id, up.kind) / old != up.temp:
@@ -334,10 +337,12 @@ def get_file(db: sqlite_utils.Database, file_id: int) -> dict[str, Any] | None:
 
 
 def list_files(db: sqlite_utils.Database, job_id: int, kind: str | None = None) -> list[dict[str, Any]]:
-    if kind:
-        return list(db.query("select * from files where job_id = ? and kind = ? order by created_at desc, id desc",
-                             [job_id, kind]))
-    return list(db.query("select * from files where job_id = ? order by created_at desc, id desc", [job_id]))
+    """The job's recorded files, the latest upload first (nothing once the job is archived)."""
+    kinds = [kind] if kind else list(KINDS)
+    return list(db.query(
+        f"""select f.* from files f join jobs j on j.id = f.job_id
+            where f.job_id = ? and j.status != ? and f.kind in ({", ".join("?" * len(kinds))})
+            order by f.uploaded_ns desc, f.id desc""", [job_id, ARCHIVED, *kinds]))  # noqa: S608
 
 
 def files_for_zip(db: sqlite_utils.Database, job_id: int, kind: str) -> list[dict[str, Any]]:
@@ -464,12 +469,13 @@ def _reconcile_kind(db: sqlite_utils.Database, storage: Storage, job_id: int, da
         digest = hash_file(base / rel)
         row = {"job_id": job_id, "kind": kind, "path": rel, "size": digest.size, "md5": digest.md5,
                "crc32": digest.crc32, "mtime_ns": st.st_mtime_ns, "created_at": now_iso(st.st_mtime),
-               "protocol": "reconcile", "login": None}
+               "protocol": "reconcile", "login": None, "uploaded_ns": st.st_mtime_ns}
         if rec is None:
             db.table("files").insert(row)
             changes["files_recorded"] += 1
         else:
-            db.table("files").update(rec["id"], {k: row[k] for k in ("size", "md5", "crc32", "mtime_ns")})
+            db.table("files").update(rec["id"], {k: row[k] for k in ("size", "md5", "crc32", "mtime_ns",
+                                                                     "uploaded_ns")})
             changes["records_updated"] += 1
     for rec in records.values():
         db.execute("delete from files where id = ?", [rec["id"]])

@@ -100,34 +100,50 @@ async def download_file(request: web.Request) -> web.StreamResponse:
         raise NotFound("The file is gone.", code="download_not_found") from None
     if not stat.S_ISREG(st.st_mode):
         raise NotFound("The file is gone.", code="download_not_found")
-    return web.FileResponse(path, chunk_size=1 << 20, headers={
+    if_range = request.headers.get("If-Range", "")
+    # aiohttp only understands dates in If-Range: an entity tag that no longer matches means the file
+    # changed since the first part was fetched, so the whole new file is sent, never a tail of it
+    stale = if_range.startswith(('"', "W/")) and if_range != f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+    return _FileDownload(path, stale, chunk_size=1 << 20, headers={
         "Content-Disposition": _disposition(path.name), "Content-Type": "application/octet-stream"})
 
 
+class _FileDownload(web.FileResponse):
+    """A FileResponse that can be told to ignore the request's Range (a stale If-Range)."""
+
+    def __init__(self, path: Any, whole: bool, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._whole = whole
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        if self._whole:
+            request = request.clone(headers={k: v for k, v in request.headers.items()
+                                             if k.lower() not in ("range", "if-range")})
+        return await super().prepare(request)
+
+
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """One byte range [start, end) of a 'bytes=' header; None for absent or multi-range (full body)."""
+    """One byte range [start, end) of a 'bytes=' header; None means the whole body (no header, several
+    ranges, or a range that does not parse: RFC 9110 says to ignore it); 416 when nothing of it exists."""
     if not header:
         return None
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
+    first, dash, last = (p.strip() for p in spec.strip().partition("-"))
+    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == "") or first == last == "":
+        return None
+    if first == "":
+        n = int(last)
+        if n == 0:
+            raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+        return max(0, size - n), size
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
         raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
-    try:
-        if first == "":
-            n = int(last)
-            start, end = max(0, size - n), size
-            if n <= 0:
-                raise ValueError
-        else:
-            start = int(first)
-            end = min(size, int(last) + 1) if last else size
-    except ValueError:
-        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"}) from None
-    if start >= size or start >= end:
-        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
-    return start, end
+    return start, min(size, int(last) + 1) if last else size
 
 
 def _check_recorded(entries: list[tuple[ZipEntry, dict[str, Any]]]) -> None:

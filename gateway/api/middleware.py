@@ -96,7 +96,9 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
-               411: "length_required", 413: "request_too_large", 415: "unsupported_media_type"}
+               411: "length_required", 413: "request_too_large", 415: "unsupported_media_type",
+               416: "range_not_satisfiable", 431: "headers_too_large"}
+_KEPT_HEADERS = ("allow", "retry-after", "content-range")
 
 
 @web.middleware
@@ -113,7 +115,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                 "_type": "ErrorResponseBody"}
         if e.status == 404:
             body["message"] = "The resource was not found."
-        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
+        headers = {k: v for k, v in e.headers.items() if k.lower() in _KEPT_HEADERS}
         return web.json_response(body, status=e.status, headers=headers)
     except (asyncio.CancelledError, ConnectionResetError):
         raise

@@ -11,10 +11,12 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import contextlib
 import hmac
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 
@@ -29,6 +31,7 @@ from gateway.errors import (
     ChecksumMismatch,
     Forbidden,
     GatewayError,
+    InvalidParameter,
     LengthRequired,
     MissingParameter,
     NotFound,
@@ -49,6 +52,14 @@ class Target:
     login: str
 
 
+async def _parsed(aw: Awaitable[T]) -> T:
+    """aiohttp's multipart reader raises ValueError/AssertionError on a malformed body: that is a 400."""
+    try:
+        return await aw
+    except (ValueError, AssertionError) as e:
+        raise BadRequest(f"The multipart body could not be parsed: {e}", code="invalid_multipart") from None
+
+
 async def _timed(aw: Awaitable[T], timeout: float) -> T:
     try:
         return await asyncio.wait_for(aw, timeout)
@@ -67,10 +78,29 @@ def _md5_matches(header: str, hexdigest: str) -> bool:
         return False
 
 
-async def _store_part(request: web.Request, target: Target, part: BodyPartReader) -> dict[str, Any]:
+def part_filename(part: BodyPartReader) -> str | None:
+    """The part's file name as the user chose it (None: a plain form field).
+
+    aiohttp reads '\\' in filename="..." as an escape, but browsers and curl send a backslash as
+    itself (WHATWG form encoding), so a raw backslash is refused here before it can vanish. Names
+    arrive percent-encoded from some clients (RFC 7578 4.2; '"' and line breaks as %22, %0D, %0A
+    from browsers): they are decoded when that yields valid UTF-8.
+    """
+    name = part.filename
+    if name is None:
+        return None
+    raw = part.headers.get("Content-Disposition", "")
+    if "\\" in raw:
+        raise InvalidParameter("fileName", "a name must not contain '/' or '\\'")
+    if "%" in name:
+        with contextlib.suppress(UnicodeDecodeError):
+            name = unquote(name, errors="strict")
+    return name
+
+
+async def _store_part(request: web.Request, target: Target, part: BodyPartReader, name: str) -> dict[str, Any]:
     app = request.app
     config, storage, executor = app[CONFIG], app[STORAGE], app[EXECUTOR]
-    name = part.filename or ""
     check_name(name)
     expected = part.headers.get("Content-MD5")
     loop = asyncio.get_running_loop()
@@ -84,6 +114,8 @@ async def _store_part(request: web.Request, target: Target, part: BodyPartReader
                 await asyncio.wrap_future(pending)
                 pending = None
             if not chunk:
+                if not part.at_eof():
+                    raise BadRequest("The body ended inside a part.", code="invalid_multipart")
                 break
             pending = executor.submit(spool.write, chunk)  # written while the next chunk is read
         digest = await loop.run_in_executor(executor, spool.digest)
@@ -112,24 +144,21 @@ async def receive_files(request: web.Request, target: Target) -> web.Response:
     stored: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     try:
-        try:
-            reader = await request.multipart()
-        except (ValueError, AssertionError) as e:
-            raise BadRequest(f"The multipart body could not be parsed: {e}", code="invalid_multipart") from None
+        timeout = app[CONFIG].http.body_timeout
+        reader = await _parsed(request.multipart())
         while True:
-            try:
-                part = await _timed(reader.next(), app[CONFIG].http.body_timeout)
-            except (ValueError, AssertionError) as e:
-                raise BadRequest(f"The multipart body could not be parsed: {e}", code="invalid_multipart") from None
+            part = await _parsed(_timed(reader.next(), timeout))
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):
                 raise BadRequest("Nested multipart bodies are not supported.", code="invalid_multipart")
-            if part.filename is None:
-                await part.release()  # a plain form field
-                continue
             current = {"name": part.name, "fileName": part.filename}
-            stored.append(await _store_part(request, target, part))
+            name = part_filename(part)
+            if not name:  # a plain form field, or an empty file input (filename="")
+                await _parsed(_timed(part.release(), timeout))
+                current = None
+                continue
+            stored.append(await _store_part(request, target, part, name))
             current = None
     except GatewayError as e:
         if current is not None:
