@@ -40,3 +40,25 @@ clean: ## remove the venv and caches (storage_root is left alone)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 .PHONY: help install tools run test lint clean
+
+# ----------------------------------------------------------------------------- benchmarks (bench/)
+BENCH_TOOLS := vsftpd nginx wrk lftp curl
+
+bench-tools: ## install the Debian tools the benchmarks use (vsftpd, nginx, wrk, lftp, curl) when missing
+	@missing=""; for t in $(BENCH_TOOLS); do command -v $$t >/dev/null || test -x /usr/sbin/$$t || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null) \
+	    || echo "warning: could not install$$missing (the references that need them are skipped)"; \
+	fi
+
+bench: install bench-tools ## the benchmarks against their references (~10 min); writes bench/results/latest.md
+	$(PY) -m bench
+
+bench-smoke: install ## a few seconds: tiny sizes, one run each (a missing tool skips its reference)
+	$(PY) -m bench --smoke
+
+bench-large: install bench-tools ## the 5 GiB zip job (ZIP64, flat memory); writes bench/results/large.md
+	$(PY) -m bench --large
+
+.PHONY: bench-tools bench bench-smoke bench-large

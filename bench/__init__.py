@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway against bare references measured in the same run (`make bench`)."""

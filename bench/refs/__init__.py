@@ -1,0 +1,1 @@
+"""Bare reference servers, each started by the bench in its own process."""
