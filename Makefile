@@ -62,3 +62,8 @@ bench-large: install bench-tools ## the 5 GiB zip job (ZIP64, flat memory); writ
 	$(PY) -m bench --large
 
 .PHONY: bench-tools bench bench-smoke bench-large
+
+soak: install tools ## mixed load against `gateway serve` with RSS sampled (MINUTES=10; not in CI)
+	$(PY) tests/hardening/soak.py --minutes $(or $(MINUTES),10)
+
+.PHONY: soak

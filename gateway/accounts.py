@@ -6,6 +6,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import threading
@@ -13,6 +14,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
@@ -73,14 +75,23 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def server_secret(db: sqlite_utils.Database) -> bytes:
-    """The secret behind every derived token, created on first use."""
-    row = next(iter(db.query("select value from settings where key = 'server_secret'")), None)
-    if row is None:
-        db.execute("insert or ignore into settings (key, value) values ('server_secret', ?)",
-                   [secrets.token_hex(32)])
-        row = next(iter(db.query("select value from settings where key = 'server_secret'")))
-    return bytes.fromhex(row["value"])
+def server_secret(path: Path) -> bytes:
+    """The secret behind every derived token: a 0600 key file beside the database, made on first use
+    (kept out of the database so that a copy of it cannot forge links)."""
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return bytes.fromhex(path.read_text().strip())
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return bytes.fromhex(path.read_text().strip())
 
 
 def derive(secret: bytes, purpose: str, *parts: object, length: int = 43) -> str:
@@ -341,5 +352,5 @@ class LoginGuard:
             return False
 
     def succeeded(self, ip: str) -> None:
-        with self._lock:
-            self._seen.pop(ip, None)
+        """A success does not clear the address's failures: an attacker could log into an account of
+        their own between guesses. Failures age out with the window."""

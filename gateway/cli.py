@@ -67,15 +67,15 @@ def read_password() -> str:
 
 
 def _account_create(db: sqlite_utils.Database, args: argparse.Namespace) -> dict[str, Any]:
-    secret = accounts.server_secret(db)
     row = accounts.create_account(db, args.name)
+    secret = accounts.server_secret(args.secret_path)
     return {"id": row["id"], "name": row["name"], "callbackSecret": accounts.callback_secret(secret, row)}
 
 
 def _account_rotate(db: sqlite_utils.Database, args: argparse.Namespace) -> dict[str, Any]:
     row = accounts.rotate_callback_secret(db, args.name)
     return {"id": row["id"], "name": row["name"],
-            "callbackSecret": accounts.callback_secret(accounts.server_secret(db), row)}
+            "callbackSecret": accounts.callback_secret(accounts.server_secret(args.secret_path), row)}
 
 
 def _user_create(db: sqlite_utils.Database, args: argparse.Namespace) -> dict[str, Any]:
@@ -104,6 +104,7 @@ COMMANDS: dict[tuple[str, str], Callable[[sqlite_utils.Database, argparse.Namesp
 
 
 def run_admin(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    args.secret_path = config.secret_path
     db = open_db(config.db_path)
     try:
         with db.atomic():

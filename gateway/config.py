@@ -109,6 +109,11 @@ class Config:
         return Path(self.storage.root)
 
     @property
+    def secret_path(self) -> Path:
+        """The server secret (0600), beside the database."""
+        return self.db_path.with_name("server.key")
+
+    @property
     def db_path(self) -> Path:
         return Path(self.database.path) if self.database.path else self.storage_root / ".gateway" / "gateway.db"
 

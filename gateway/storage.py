@@ -28,6 +28,8 @@ CHUNK = 1 << 20
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
                      *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# characters Windows' best-fit code pages turn into / or \ (NFKC leaves these alone)
+_SLASH_LOOKALIKES = re.compile("[\u2044\u2215\u2216\u29f5\u29f8\u29f9\ufe68\uff0f\uff3c]")
 
 
 # ----------------------------------------------------------------------------- names
@@ -36,8 +38,8 @@ def name_problem(name: str) -> str | None:
     """Why one path segment cannot be stored safely, or None when it can."""
     if name in ("", ".", ".."):
         return "empty, '.' or '..' is not a file name"
-    if "/" in name or "\\" in name:
-        return "a name must not contain '/' or '\\'"
+    if "/" in name or "\\" in name or _SLASH_LOOKALIKES.search(name):
+        return "a name must not contain '/' or '\\' (or a character that looks like one)"
     if _CONTROL.search(name):
         return "a name must not contain control characters"
     try:

@@ -64,7 +64,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[EXECUTOR] = executor
         app[WRITER] = writer
         app[DB] = open_db(config.db_path)
-        app[SECRET] = await writer.run(accounts.server_secret)
+        app[SECRET] = accounts.server_secret(config.secret_path)
         yield
     finally:
         if DB in app:

@@ -117,8 +117,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             body["message"] = "The resource was not found."
         headers = {k: v for k, v in e.headers.items() if k.lower() in _KEPT_HEADERS}
         return web.json_response(body, status=e.status, headers=headers)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionResetError:  # the client went away mid-request: nobody to answer
+        log.info("client went away during %s %s", request.method, request.path)
+        return web.Response(status=400)
     except Exception:
         log.exception("unexpected failure on %s %s", request.method, request.path)
         body = {"code": "internal_error", "message": "The server encountered an unexpected condition.",

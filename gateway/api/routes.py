@@ -14,11 +14,11 @@ def add_routes(app: web.Application) -> None:
 
     r.add_post("/jobs", jobs.create_job)
     r.add_get("/jobs", jobs.list_jobs)
-    r.add_get(r"/jobs/{id:\d{1,19}}", jobs.get_job)
-    r.add_post(r"/jobs/{id:\d{1,19}}/submit", jobs.submit_job)
-    r.add_post(r"/jobs/{id:\d{1,19}}/finish", jobs.finish_job)
-    r.add_get(r"/jobs/{id:\d{1,19}}/files", downloads.list_files)
-    r.add_post(r"/jobs/{id:\d{1,19}}/clipped", uploads.upload_clipped)
+    r.add_get(r"/jobs/{id:[0-9]{1,19}}", jobs.get_job)
+    r.add_post(r"/jobs/{id:[0-9]{1,19}}/submit", jobs.submit_job)
+    r.add_post(r"/jobs/{id:[0-9]{1,19}}/finish", jobs.finish_job)
+    r.add_get(r"/jobs/{id:[0-9]{1,19}}/files", downloads.list_files)
+    r.add_post(r"/jobs/{id:[0-9]{1,19}}/clipped", uploads.upload_clipped)
 
     # the storage URLs handed out in job bodies (the spec's .ashx shapes)
     r.add_post("/upload/UploadFile.ashx", uploads.upload_original)

@@ -70,6 +70,8 @@ async def _timed(aw: Awaitable[T], timeout: float) -> T:
 def _md5_matches(header: str, hexdigest: str) -> bool:
     """Content-MD5 is base64 of the digest (RFC 1864); a hex digest is accepted too."""
     value = header.strip()
+    if not value.isascii():
+        return False
     if len(value) == 32:
         return hmac.compare_digest(value.lower(), hexdigest)
     try:
@@ -140,7 +142,9 @@ async def receive_files(request: web.Request, target: Target) -> web.Response:
     if request.content_length is None and not chunked:
         raise LengthRequired()
     jobs.check_write(target.job, target.kind, target.who)
-    app[STORAGE].check_free()
+    storage = app[STORAGE]
+    storage.refuse_links(storage.kind_dir(target.job["day"], target.job["id"], target.kind))
+    storage.check_free()
     stored: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     try:

@@ -22,7 +22,7 @@ from pyftpdlib.exceptions import FilesystemError
 from pyftpdlib.filesystems import AbstractedFS
 
 from gateway import jobs
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidParameter
 from gateway.ftp.authorizer import FtpLogin
 from gateway.storage import KINDS, Storage, is_temp_name, name_problem, split_relpath
 
@@ -56,6 +56,8 @@ class FtpRefusal(Exception):
 
 
 def refusal(err: GatewayError) -> FtpRefusal:
+    if isinstance(err, InvalidParameter):
+        return FtpRefusal(553, f"File name not allowed: {err.reason}.")
     return FtpRefusal(err.ftp_code, err.message)
 
 
@@ -103,18 +105,27 @@ class VirtualFS(AbstractedFS):  # type: ignore[misc]
         return job
 
     def resolve(self, vpath: str) -> Node:
+        node = self._resolve(vpath)
+        if node.depth:
+            try:
+                self.storage.refuse_links(node.real)  # a link planted anywhere below the root
+            except GatewayError:
+                raise FilesystemError(NOT_FOUND) from None
+        return node
+
+    def _resolve(self, vpath: str) -> Node:
         parts = [p for p in vpath.split("/") if p]
         root = self.storage.root
         if not parts:
             return Node("/", 0, root)
         day = parts[0]
-        if not (len(day) == 8 and day.isdigit()):
+        if not (len(day) == 8 and day.isascii() and day.isdigit()):
             raise FilesystemError(NOT_FOUND)
         if len(parts) == 1:
             if not self.login.has_day(self.gw.db, day):
                 raise FilesystemError(NOT_FOUND)
             return Node(vpath, 1, root / day, day)
-        if not (parts[1].isdigit() and len(parts[1]) <= 18):
+        if not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 18):
             raise FilesystemError(NOT_FOUND)
         job = self.visible_job(int(parts[1]), day)
         if len(parts) == 2:
@@ -125,15 +136,9 @@ class VirtualFS(AbstractedFS):  # type: ignore[misc]
         kind_dir = self.storage.kind_dir(day, job["id"], kind)
         if len(parts) == 3:
             return Node(vpath, 3, kind_dir, day, job, kind)
-        rel = "/".join(parts[3:])
         if any(name_problem(p) or is_temp_name(p) for p in parts[3:]):
             raise FilesystemError(NOT_FOUND)
-        real = kind_dir.joinpath(*parts[3:])
-        try:
-            self.storage.refuse_links(real)
-        except GatewayError:
-            raise FilesystemError(NOT_FOUND) from None
-        return Node(vpath, len(parts), real, day, job, kind, rel)
+        return Node(vpath, len(parts), kind_dir.joinpath(*parts[3:]), day, job, kind, "/".join(parts[3:]))
 
     def resolve_new(self, vpath: str) -> Node:
         """A path to create below a kind folder: its names are checked (553) and its parent must exist."""
@@ -145,10 +150,11 @@ class VirtualFS(AbstractedFS):  # type: ignore[misc]
             split_relpath("/".join(parts[3:]))
         except GatewayError as e:
             raise refusal(e) from None
-        if not parent.real.is_dir():
+        target = parent.real / parts[-1]
+        if not parent.real.is_dir() or target.is_symlink():
             raise FilesystemError(NOT_FOUND)
         rel = "/".join(parts[3:])
-        return Node(vpath, len(parts), parent.real / parts[-1], parent.day, parent.job, parent.kind, rel)
+        return Node(vpath, len(parts), target, parent.day, parent.job, parent.kind, rel)
 
     def writable(self, node: Node) -> None:
         """Refuse with the reason when this login may not write into the node's kind folder now."""

@@ -16,6 +16,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyftpdlib.exceptions import FilesystemError
@@ -29,11 +30,13 @@ from gateway.errors import GatewayError, InvalidParameter
 from gateway.ftp.authorizer import DbAuthorizer, FtpLogin, check_job_password, lookup
 from gateway.ftp.filesystem import FtpRefusal, Node, VirtualFS
 from gateway.ftp.service import FtpService
-from gateway.storage import Spool
+from gateway.storage import Spool, finished_stat
 
 log = logging.getLogger("gateway.ftp")
 BUFFER = 1 << 20
 MAX_DEFERRED = 64
+MAX_LINE = 2048
+CHECKED_COMMANDS = {"STOR", "APPE", "RETR", "DELE", "RNFR", "RNTO", "MKD", "XMKD", "RMD", "XRMD", "MFMT"}
 NAMING_COMMANDS = {"STOR", "APPE", "MKD", "XMKD", "RNTO"}
 _DISCONNECTED = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN}
 
@@ -122,6 +125,8 @@ class GatewayHandlerMixin:
 
     def __init__(self: Any, conn: Any, server: Any, ioloop: Any = None) -> None:
         self._gw_busy = False
+        self._gw_overlong = False
+        self._gw_checked = 0.0
         self._deferred: deque[tuple[str, str, str]] = deque()
         self._aborting = False
         self._upload: UploadCtx | None = None
@@ -145,7 +150,42 @@ class GatewayHandlerMixin:
         if not self._closed:
             super().respond(resp, logfun or logging.getLogger("pyftpdlib").debug)  # type: ignore[misc]
 
+    def collect_incoming_data(self: Any, data: bytes) -> None:
+        if self._gw_overlong:
+            return  # the rest of a refused line: dropped up to its end
+        self._in_buffer.append(data)
+        self._in_buffer_len += len(data)
+        if self._in_buffer_len > MAX_LINE:
+            self.respond("500 Command too long.")
+            self._in_buffer.clear()
+            self._in_buffer_len, self._gw_overlong = 0, True
+
+    def found_terminator(self: Any) -> None:
+        if self._gw_overlong:  # one reply per line, even for a line that was too long
+            self._in_buffer.clear()
+            self._in_buffer_len, self._gw_overlong = 0, False
+            return
+        super().found_terminator()  # type: ignore[misc]
+
+    def _login_still_valid(self: Any, cmd: str) -> bool:
+        """A user disabled (or a per-job login's job archived) while connected loses the session: at
+        its next transfer or change, or within a second for anything else."""
+        now = time.monotonic()
+        if cmd not in CHECKED_COMMANDS and now - self._gw_checked < 1.0:
+            return True
+        self._gw_checked = now
+        login = self.gw_login
+        if login.role == "job":
+            job = jobs.get_job(self.gw.db, login.job_id)
+            return job is not None and job["status"] != jobs.ARCHIVED
+        user = accounts.get_user(self.gw.db, login.name)
+        return user is not None and not user["disabled"]
+
     def pre_process_command(self: Any, line: str, cmd: str, arg: str) -> None:
+        if self.authenticated and self.gw_login is not None and not self._login_still_valid(cmd):
+            self.respond("421 This login was disabled; the session ends.")
+            self.close_when_done()
+            return
         if self._gw_busy:
             if len(self._deferred) >= MAX_DEFERRED:
                 self.respond("421 Too many commands while busy.")
@@ -230,6 +270,10 @@ class GatewayHandlerMixin:
     def _auth_done(self: Any, login: FtpLogin | None, password: str) -> None:
         if self._closed:
             return
+        if self.gw.guard.banned(self.remote_ip):  # banned while this guess was checked: no verdict
+            self.respond("421 Too many failed logins from your address; try again later.")
+            self.close_when_done()
+            return
         if login is None:
             banned = self.gw.guard.failed(self.remote_ip)
             log.warning("FTP login failed for %r from %s%s", self.username, self.remote_ip,
@@ -237,7 +281,6 @@ class GatewayHandlerMixin:
             self.username = ""
             self.call_later(self.auth_failed_timeout, self._auth_failed, banned)
             return
-        self.gw.guard.succeeded(self.remote_ip)
         self.gw_login = login
         self.handle_auth_success("/", password, "Login successful.")
         self._resume()
@@ -310,8 +353,8 @@ class GatewayHandlerMixin:
         ptemp = kind_dir / partial["temp_name"] if partial else None
         if ptemp is not None and ptemp in self.gw.busy_temps:
             raise FtpRefusal(450, "This upload is being resumed in another session.")
-        psize = ptemp.stat().st_size if ptemp is not None and ptemp.is_file() else None
-        fsize = node.real.stat().st_size if node.real.is_file() else None
+        psize = _regular_size(ptemp) if ptemp is not None else None
+        fsize = _regular_size(node.real)
         if mode == "a" and psize is not None:
             return Spool(ptemp, max_size, start=psize, existing=True)  # type: ignore[arg-type]
         if rest and psize is not None and rest <= psize:
@@ -445,7 +488,7 @@ class GatewayHandlerMixin:
     def ftp_DELE(self: Any, path: str) -> None:
         node = self._existing_file(path)
         if not self.fs.isfile(path):
-            raise FilesystemError("Is a directory: use RMD")
+            raise FilesystemError("Is a directory: use RMD" if self.fs.isdir(path) else "No such file")
         self._async("250 File removed.", jobs.delete_file, self.gw.storage, node.job_id, node.kind, node.rel)
 
     def ftp_RNFR(self: Any, path: str) -> None:
@@ -508,6 +551,14 @@ class GatewayHandlerMixin:
             self.respond("200 MD5")
         else:
             self.respond("501 MD5 is the only hash algorithm supported.")
+
+
+def _regular_size(path: Path) -> int | None:
+    """The size of a regular file (never through a link), or None."""
+    try:
+        return finished_stat(path).st_size
+    except OSError:
+        return None
 
 
 def _log_failure(fut: Any) -> None:
