@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,17 +295,51 @@ class Upload:
     protocol: str
     login: str
     who: Principal | None  # None: a per-job FTP login or an upload key, rights of the owning customer
+    gone: threading.Event | None = None  # set when the client left before it could be answered
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A commit the FTP side may still take back: the client must see its 226 first."""
+
+    record: dict[str, Any] | None  # None: the client had left, the bytes were kept as its partial
+    backup: Path | None  # the file it replaced, kept under a hidden name until the client is told
+    previous: dict[str, Any] | None  # the replaced file's record
 
 
 def commit_upload(db: sqlite_utils.Database, storage: Storage, up: Upload) -> dict[str, Any]:
     """Check the job still takes the file, rename it into place and record it (the caller answers after)."""
+    rec = _commit(db, storage, up, keep_replaced=False).record
+    assert rec is not None
+    return rec
+
+
+def commit_upload_tentative(db: sqlite_utils.Database, storage: Storage, up: Upload) -> Committed:
+    """commit_upload, keeping the replaced file aside so that withdraw_upload can put it back."""
+    return _commit(db, storage, up, keep_replaced=True)
+
+
+def _commit(db: sqlite_utils.Database, storage: Storage, up: Upload, keep_replaced: bool) -> Committed:
     job = get_job(db, up.job_id)
     if job is None:
         raise NotFound("The job is gone.", code="job_not_found")
+    if up.gone is not None and up.gone.is_set():  # the client left while this waited for the writer
+        kind_dir = storage.kind_dir(job["day"], up.job_id, up.kind)
+        save_partial(db, up.job_id, up.kind, up.relpath, up.login, str(up.temp.relative_to(kind_dir)),
+                     up.digest.size)
+        return Committed(None, None, None)
     check_write(job, up.kind, up.who)
     target = storage.path(job["day"], up.job_id, up.kind, up.relpath)
     if target.is_dir():
         raise Conflict("A folder of that name exists.", code="name_conflict")
+    previous = file_record(db, up.job_id, up.kind, up.relpath) if keep_replaced else None
+    backup = None
+    if previous is not None and target.is_file():
+        backup = storage.temp_path(target.parent)
+        try:
+            os.link(target, backup)  # a second name for the old bytes: free, and gone with one unlink
+        except OSError:  # a filesystem without hard links: the commit cannot be taken back
+            backup = previous = None
     os.replace(up.temp, target)
     st = os.stat(target)
     row = {"job_id": up.job_id, "kind": up.kind, "path": up.relpath, "size": up.digest.size,
@@ -322,7 +357,27 @@ def commit_upload(db: sqlite_utils.Database, storage: Storage, up: Upload) -> di
     old = drop_partial(db, up.job_id, up.kind, up.relpath, up.login)
     if old is not None and storage.kind_dir(job["day"], up.job_id, up.kind) / old != up.temp:
         _unlink_quiet(storage.kind_dir(job["day"], up.job_id, up.kind) / old)  # a fresh STOR replaced it
-    return rec
+    return Committed(rec, backup, previous)
+
+
+def withdraw_upload(db: sqlite_utils.Database, storage: Storage, up: Upload, done: Committed) -> None:
+    """The client vanished before its 226 (a killed client's data stream ends like a finished one): the
+    bytes become that login's partial upload again and the replaced file and record come back."""
+    job = get_job(db, up.job_id)
+    if job is None or done.record is None:
+        return
+    target = storage.path(job["day"], up.job_id, up.kind, up.relpath)
+    temp = storage.temp_path(target.parent)
+    os.replace(target, temp)
+    if done.backup is not None and done.previous is not None:
+        os.replace(done.backup, target)
+        prev = {k: done.previous[k] for k in ("size", "md5", "crc32", "mtime_ns", "created_at", "protocol",
+                                              "login", "uploaded_ns")}
+        db.table("files").update(done.previous["id"], prev)
+    else:
+        db.execute("delete from files where id = ?", [done.record["id"]])
+    kind_dir = storage.kind_dir(job["day"], up.job_id, up.kind)
+    save_partial(db, up.job_id, up.kind, up.relpath, up.login, str(temp.relative_to(kind_dir)), up.digest.size)
 
 
 def file_record(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str) -> dict[str, Any] | None:
@@ -374,17 +429,10 @@ def rename_path(db: sqlite_utils.Database, storage: Storage, job_id: int, kind: 
                   and substr(path, 1, ?) = ?""", [dst + "/", len(src) + 2, job_id, kind, len(src) + 1, src + "/"])
 
 
-def touch_file(db: sqlite_utils.Database, storage: Storage, job_id: int, kind: str, relpath: str,
-               mtime: float) -> None:
-    """MFMT: set a finished file's time and record it (the zip is built from recorded times)."""
-    job = get_job(db, job_id)
-    if job is None:
-        raise NotFound()
-    path = storage.path(job["day"], job_id, kind, relpath)
-    finished_stat(path)
-    os.utime(path, (mtime, mtime))
+def record_mtime(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str, mtime_ns: int) -> None:
+    """MFMT changed a finished file's time: the record follows (the zip is built from recorded times)."""
     db.execute("update files set mtime_ns = ? where job_id = ? and kind = ? and path = ?",
-               [os.stat(path).st_mtime_ns, job_id, kind, relpath])
+               [mtime_ns, job_id, kind, relpath])
 
 
 # ----------------------------------------------------------------------------- partial uploads (resume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import signal
 import socket
@@ -150,6 +151,17 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+def tune_malloc() -> None:
+    """glibc gives every thread that allocates its own arena; transfers run on many short-lived threads
+    (hashers, workers), so cap the arenas to keep the resident size flat under load."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_arena_max = -8
+    libc.mallopt(m_arena_max, 2)
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -159,6 +171,7 @@ def setup_logging() -> None:
 def serve(config: Config) -> int:
     """Run both servers until SIGINT/SIGTERM; running transfers get [server] shutdown_grace."""
     setup_logging()
+    tune_malloc()
     try:
         http_sock = bind(config.http.host, config.http.port)
         ftp_sock = bind(config.ftp.host, config.ftp.port)
@@ -177,7 +190,8 @@ def serve(config: Config) -> int:
 async def _run(config: Config, app: web.Application, http_sock: socket.socket, ctx: ssl.SSLContext | None) -> None:
     # aiohttp's keep-alive timer also runs from the moment a connection opens until its request
     # headers are complete: it is the [http] header_timeout (slow or absent headers are cut off).
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace,
+    # drain() owns the grace; aiohttp's own shutdown wait only catches what is left after it
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5,
                            keepalive_timeout=config.http.header_timeout, access_log_class=AccessLogger,
                            handler_cancellation=True)
     await runner.setup()

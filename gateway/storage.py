@@ -11,7 +11,11 @@ import shutil
 import stat
 import threading
 import unicodedata
-import zlib
+
+try:  # ISA-L's crc32 gives zlib's result at many times the speed
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal has wheels for the usual platforms
+    from zlib import crc32
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,7 @@ TEMP_RE = re.compile(r"^\.gwtmp-[0-9a-f]{24}$")
 MAX_NAME_BYTES = 255
 MAX_DEPTH = 16
 CHUNK = 1 << 20
+HASH_STEP = 1 << 20  # the hasher wakes for at least this many new bytes (or the end)
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
                      *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -183,7 +188,7 @@ def hash_file(path: Path) -> Digest:
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             md5.update(chunk)
-            crc = zlib.crc32(chunk, crc)
+            crc = crc32(chunk, crc)
             size += len(chunk)
     return Digest(size, md5.hexdigest(), crc)
 
@@ -216,6 +221,7 @@ class Spool:
         self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._thread_done = False
+        self._hasher_waiting = False
         self._done_callbacks: list[Callable[[Spool], None]] = []
         self.name = str(path)  # pyftpdlib logs file_obj.name
         self.closed = False
@@ -239,8 +245,8 @@ class Spool:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientStorage("The disk is full: the file could not be stored.") from e
             raise
-        if self._thread is not None or self.size - self._hashed > self.INLINE_LIMIT:
-            with self._cond:
+        if self.size - self._hashed >= HASH_STEP and (self._thread is None or self._hasher_waiting):
+            with self._cond:  # wake the hasher only for a full step: fewer GIL hand-offs per byte
                 self._start_hasher()
                 self._cond.notify()
         return n
@@ -266,20 +272,24 @@ class Spool:
     def _hash_upto(self, end: int) -> None:
         if self._rfd < 0:
             self._rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        buf = bytearray(min(CHUNK, max(end - self._hashed, 1)))
+        view = memoryview(buf)
         while self._hashed < end and not self._cancelled:
-            chunk = os.pread(self._rfd, min(CHUNK, end - self._hashed), self._hashed)
-            if not chunk:
+            n = os.preadv(self._rfd, [view[:min(len(buf), end - self._hashed)]], self._hashed)
+            if not n:
                 raise OSError(errno.EIO, "spool shrank while hashing")
-            self._md5.update(chunk)
-            self._crc = zlib.crc32(chunk, self._crc)
-            self._hashed += len(chunk)
+            self._md5.update(view[:n])
+            self._crc = crc32(view[:n], self._crc)
+            self._hashed += n
 
     def _hash_loop(self) -> None:
         try:
             while True:
                 with self._cond:
-                    while self._hashed >= self.size and not self._ended:
-                        self._cond.wait()
+                    while self.size - self._hashed < HASH_STEP and not self._ended:
+                        self._hasher_waiting = True
+                        self._cond.wait(0.05)  # a missed wake-up costs at most this
+                    self._hasher_waiting = False
                     end, ended = self.size, self._ended
                 if self._cancelled:
                     break

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import jobs
 from gateway.accounts import Principal
@@ -56,7 +57,7 @@ async def _parsed(aw: Awaitable[T]) -> T:
     """aiohttp's multipart reader raises ValueError/AssertionError on a malformed body: that is a 400."""
     try:
         return await aw
-    except (ValueError, AssertionError) as e:
+    except (ValueError, AssertionError, HttpProcessingError) as e:
         raise BadRequest(f"The multipart body could not be parsed: {e}", code="invalid_multipart") from None
 
 

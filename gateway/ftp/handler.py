@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -83,11 +84,14 @@ class UploadDTPMixin:
             return
         super().handle_error()  # type: ignore[misc]
 
-    def recv(self: Any, buffer_size: int) -> bytes:
+    def recv(self: Any, buffer_size: int) -> bytes | memoryview:
         if is_ssl_sock(self.socket):
             return super().recv(buffer_size)  # type: ignore[misc,no-any-return]
+        buf = self.__dict__.get("_gw_buf")
+        if buf is None:  # one buffer per data connection: no 1 MiB allocation per read
+            buf = self._gw_buf = bytearray(BUFFER)
         try:
-            data: bytes = self.socket.recv(buffer_size)
+            n = self.socket.recv_into(buf)
         except OSError as e:
             if e.errno in _DISCONNECTED:  # a reset is not an end of file: the upload is incomplete
                 self._gw_failure = e
@@ -96,9 +100,12 @@ class UploadDTPMixin:
             if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                 raise _RetryError from e
             raise
-        if not data:
+        if not n:
             self.handle_close()
-        return data
+            return b""
+        if self._data_wrapper is not None:  # ASCII mode rewrites line ends on bytes
+            return bytes(buf[:n])
+        return memoryview(buf)[:n]  # written out before the next read reuses the buffer
 
     def close(self: Any) -> None:
         spool = self.file_obj
@@ -112,7 +119,10 @@ class UploadDTPMixin:
         if self.transfer_finished and self._gw_failure is None:
             ch.gw_upload_finished()
         else:
-            ch.gw_upload_incomplete(self._gw_failure, self._resp[0] if self._resp else None)
+            resp = self._resp[0] if self._resp else None
+            if isinstance(self._gw_failure, OSError):  # reset: never the 226 a normal end would get
+                resp = "426 Connection closed; transfer aborted."
+            ch.gw_upload_incomplete(self._gw_failure, resp)
         ch._on_dtp_close()
 
 
@@ -130,6 +140,7 @@ class GatewayHandlerMixin:
         self._deferred: deque[tuple[str, str, str]] = deque()
         self._aborting = False
         self._upload: UploadCtx | None = None
+        self._committing: jobs.Upload | None = None
         super().__init__(conn, server, ioloop)  # type: ignore[call-arg]
         self._extra_feats = [*getattr(self, "_extra_feats", []), "HASH MD5*"]
 
@@ -205,7 +216,7 @@ class GatewayHandlerMixin:
 
     def pre_process_command_raw_check(self: Any, cmd: str, arg: str) -> bool:
         """'.' and '..' as the name to create are refused as names (553), before path normalisation."""
-        if cmd in NAMING_COMMANDS and arg.rstrip("/").rsplit("/", 1)[-1] in (".", "..", ""):
+        if cmd in NAMING_COMMANDS and arg and arg.rstrip("/").rsplit("/", 1)[-1] in (".", "..", ""):
             self.respond("553 File name not allowed: '.' and '..' are not names.")
             return False
         return True
@@ -224,16 +235,23 @@ class GatewayHandlerMixin:
     def close(self: Any) -> None:
         if not self._closed:
             self._abandon_pending_upload()
+            if self._committing is not None and self._committing.gone is not None:
+                self._committing.gone.set()  # the commit still queued keeps the bytes as a partial instead
         super().close()  # type: ignore[misc]
 
     def _abandon_pending_upload(self: Any) -> None:
-        """A STOR whose data connection never came (ABOR, another STOR, logout, hang-up): its spool goes."""
-        ctx = self._upload
-        if ctx is not None and self.data_channel is None:
-            self._upload = None
-            if self._in_dtp_queue is not None and self._in_dtp_queue[0] is ctx.spool:
-                self._in_dtp_queue = None
-            self._drop_upload(ctx)
+        """A STOR whose bytes never came (ABOR, another STOR, logout, hang-up): its spool goes. The data
+        connection may already be open (a client connects before it sends the next STOR): it is kept
+        for the next transfer as long as nothing was received into the abandoned spool."""
+        ctx, dc = self._upload, self.data_channel
+        if ctx is None or (dc is not None and (dc.file_obj is not ctx.spool or dc.get_transmitted_bytes())):
+            return
+        self._upload = None
+        if dc is not None:
+            dc.file_obj = None
+        if self._in_dtp_queue is not None and self._in_dtp_queue[0] is ctx.spool:
+            self._in_dtp_queue = None
+        self._drop_upload(ctx)
 
     def _async(self: Any, ok: str, fn: Any, *args: Any) -> None:
         """Run fn(db, *args) on the writer; answer ok (or the failure) when it is durable."""
@@ -303,6 +321,9 @@ class GatewayHandlerMixin:
         self._restart_position = 0
         cmd = "APPE" if "a" in mode else "STOR"
         self._abandon_pending_upload()
+        if self._upload is not None:
+            self.respond("425 An upload is already running on this session.")
+            return None
         try:
             node = self._upload_target(file)
             self.gw.storage.check_free()
@@ -395,16 +416,31 @@ class GatewayHandlerMixin:
             return
         ctx.spool.release()
         up = jobs.Upload(ctx.node.job_id, ctx.node.kind, ctx.node.rel, ctx.spool.path, digest, "ftp",
-                         self.gw_login.name, self.gw_login.principal)
-        fut = self.gw.writer.submit(jobs.commit_upload, self.gw.storage, up)
-        fut.add_done_callback(lambda f: self.gw.call_soon(self._upload_committed, ctx, f))
+                         self.gw_login.name, self.gw_login.principal, threading.Event())
+        self._committing = up
+        fut = self.gw.writer.submit(jobs.commit_upload_tentative, self.gw.storage, up)
+        fut.add_done_callback(lambda f: self.gw.call_soon(self._upload_committed, ctx, up, f))
 
-    def _upload_committed(self: Any, ctx: UploadCtx, fut: Any) -> None:
+    def _upload_committed(self: Any, ctx: UploadCtx, up: jobs.Upload, fut: Any) -> None:
+        self._committing = None
         exc = fut.exception()
+        if exc is None and fut.result().record is None:  # the client left first: kept as its partial
+            self.gw.busy_temps.discard(ctx.spool.path)
+            return
         if exc is not None:
             self._drop_upload(ctx)
             self.respond(reply_for(exc))
+        elif self._peer_gone():  # the control connection ended while this was committed: no 226 seen
+            self.gw.busy_temps.discard(ctx.spool.path)
+            self.gw.writer.submit(jobs.withdraw_upload, self.gw.storage, up, fut.result()).add_done_callback(
+                _log_failure)
+            log.info("FTP %s %s/%s/%s: the client left before its 226; kept for resume by %s", ctx.cmd,
+                     ctx.node.job_id, ctx.node.kind, ctx.node.rel, self.gw_login.name)
+            return
         else:
+            done: jobs.Committed = fut.result()
+            if done.backup is not None:
+                self.gw.executor.submit(_unlink_quiet, done.backup)
             self.gw.busy_temps.discard(ctx.spool.path)
             log.info("FTP %s %s/%s/%s %d bytes by %s in %.2fs", ctx.cmd, ctx.node.job_id, ctx.node.kind,
                      ctx.node.rel, ctx.spool.size, self.gw_login.name, time.monotonic() - ctx.started)
@@ -418,10 +454,10 @@ class GatewayHandlerMixin:
             return
         if self._aborting or isinstance(failure, GatewayError):
             self._drop_upload(ctx)
+            if resp:
+                self.respond(resp)
         else:
-            self._keep_partial(ctx)
-        if resp:
-            self.respond(resp)
+            self._keep_partial(ctx, resp)
 
     def _drop_upload(self: Any, ctx: UploadCtx) -> None:
         ctx.spool.discard()
@@ -429,17 +465,25 @@ class GatewayHandlerMixin:
         self.gw.writer.submit(_forget_partial_file, ctx.node.job_id, ctx.node.kind, ctx.node.rel,
                               self.gw_login.name, ctx.spool.path.name)
 
-    def _keep_partial(self: Any, ctx: UploadCtx) -> None:
+    def _keep_partial(self: Any, ctx: UploadCtx, resp: str | None = None) -> None:
+        """Keep the bytes for this login to resume; a reply (426, 421) waits until SIZE can report them."""
         ctx.spool.release()
         self.gw.busy_temps.discard(ctx.spool.path)
         if ctx.spool.size == 0:
             self._drop_upload(ctx)
+            if resp:
+                self.respond(resp)
             return
         kind_dir = self.gw.storage.kind_dir(ctx.node.day, ctx.node.job_id, ctx.node.kind)
         temp = str(ctx.spool.path.relative_to(kind_dir))
         fut = self.gw.writer.submit(jobs.save_partial, ctx.node.job_id, ctx.node.kind, ctx.node.rel,
                                     self.gw_login.name, temp, ctx.spool.size)
         fut.add_done_callback(lambda f: _unlink_replaced(f, kind_dir))
+        if resp and resp.startswith("421"):  # the session is closing (a timeout): say so while we can
+            self.respond(resp)
+        elif resp and not self._closed:
+            self._gw_busy = True
+            fut.add_done_callback(lambda f: self.gw.call_soon(self._async_done, f, resp))
         log.info("FTP %s %s/%s/%s interrupted after %d bytes: kept for resume by %s", ctx.cmd,
                  ctx.node.job_id, ctx.node.kind, ctx.node.rel, ctx.spool.size, self.gw_login.name)
 
@@ -493,6 +537,8 @@ class GatewayHandlerMixin:
 
     def ftp_RNFR(self: Any, path: str) -> None:
         self._existing_file(path)
+        if not self.fs.lexists(path):
+            raise FilesystemError("No such file or directory")
         self._rnfr = path
         self.respond("350 Ready for destination name.")
 
@@ -509,8 +555,8 @@ class GatewayHandlerMixin:
         self._async("250 Renaming ok.", jobs.rename_path, self.gw.storage, s.job_id, s.kind, s.rel, d.rel)
 
     def ftp_MFMT(self: Any, path: str, timeval: str) -> None:
-        """Set a file's time. Answered at once: the writer applies it to disk and record together, in
-        order with this session's other changes (clients send MFMT after every STOR)."""
+        """Set a file's time (clients send MFMT after every STOR). The disk changes at once, so the
+        session reads its own change; the record follows through the writer without a wait."""
         try:
             mtime = calendar.timegm(time.strptime(timeval, "%Y%m%d%H%M%S"))
         except ValueError:
@@ -519,7 +565,9 @@ class GatewayHandlerMixin:
         node = self._existing_file(path)
         if not self.fs.isfile(path):
             raise FilesystemError("Not a file")
-        fut = self.gw.writer.submit(jobs.touch_file, self.gw.storage, node.job_id, node.kind, node.rel, float(mtime))
+        os.utime(node.real, (mtime, mtime), follow_symlinks=False)
+        fut = self.gw.writer.submit(jobs.record_mtime, node.job_id, node.kind, node.rel,
+                                    os.lstat(node.real).st_mtime_ns)
         fut.add_done_callback(_log_failure)
         self.respond(f"213 Modify={timeval}; {path}.")
 
@@ -559,6 +607,13 @@ def _regular_size(path: Path) -> int | None:
         return finished_stat(path).st_size
     except OSError:
         return None
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _log_failure(fut: Any) -> None:
@@ -603,20 +658,13 @@ def make_handler(gw: FtpService) -> type:
         "use_sendfile": True,
     }
     if cfg.tls:
-        from OpenSSL import SSL
         from pyftpdlib.handlers import TLS_FTPHandler
-        from pyftpdlib.handlers.ftps.data import TLS_DTPHandler
 
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.use_certificate_chain_file(cfg.tls_certfile)
-        ctx.use_privatekey_file(cfg.tls_keyfile)
-        ctx.set_options(SSL.OP_NO_SSLv2 | SSL.OP_NO_SSLv3 | SSL.OP_NO_COMPRESSION | SSL.OP_NO_TLSv1
-                        | SSL.OP_NO_TLSv1_1)
-        ctx.set_session_id(b"gateway-ftps")  # data connections resume the control connection's session
-        ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        from gateway.ftp.tls import tls_context, tls_dtp_class
+
         base: type = TLS_FTPHandler
-        dtp = type("GatewayTLSDTP", (UploadDTPMixin, TLS_DTPHandler), {"timeout": cfg.idle_timeout})
-        attrs.update({"ssl_context": ctx, "tls_control_required": cfg.tls_required,
+        dtp = tls_dtp_class(UploadDTPMixin, cfg.idle_timeout)
+        attrs.update({"ssl_context": tls_context(cfg), "tls_control_required": cfg.tls_required,
                       "tls_data_required": cfg.tls_required, "certfile": cfg.tls_certfile,
                       "keyfile": cfg.tls_keyfile})
     else:

@@ -84,6 +84,12 @@ class _Waker:
         self._w.close()
 
 
+def _sessions(server: Any) -> int:
+    """What [ftp] max_cons caps: FTP sessions (pyftpdlib counts every socket of the loop, the listening
+    socket, data connections and our waker included)."""
+    return sum(1 for h in server.ioloop.socket_map.values() if hasattr(h, "gw_busy"))
+
+
 class FtpService:
     """pyftpdlib in one dedicated thread, sharing the process's writer, storage and login guard."""
 
@@ -147,7 +153,8 @@ class FtpService:
             ioloop = IOLoop.factory()
             self._waker = _Waker(ioloop, self._run_calls)
             server_cls = type("GatewayFTPServer", (FTPServer,), {
-                "max_cons": self.config.ftp.max_cons, "max_cons_per_ip": self.config.ftp.max_cons_per_ip})
+                "max_cons": self.config.ftp.max_cons, "max_cons_per_ip": self.config.ftp.max_cons_per_ip,
+                "_map_len": _sessions})
             server = server_cls(self.sock, make_handler(self), ioloop=ioloop, backlog=1024)
         except BaseException as e:
             self._ready.set_exception(e)
