@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.db import now_iso
+from gateway.db import first, now_iso
 from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -170,7 +170,7 @@ def public_user(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_user(db: sqlite_utils.Database, login: str) -> dict[str, Any] | None:
-    return next(iter(db.query("select * from users where login = ?", [login])), None)
+    return first(db, "select * from users where login = ?", [login])
 
 
 def _require_user(db: sqlite_utils.Database, login: str) -> dict[str, Any]:
@@ -223,7 +223,7 @@ def revoke_client(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
 def find_client(db: sqlite_utils.Database, token: str) -> dict[str, Any] | None:
     """The live client holding this token, or None."""
     h = token_hash(token)
-    row = next(iter(db.query("select * from clients where token_hash = ?", [h])), None)
+    row = first(db, "select * from clients where token_hash = ?", [h])
     if row is None or row["revoked_at"] or not hmac.compare_digest(row["token_hash"], h):
         return None
     return row
@@ -251,8 +251,8 @@ def create_session(db: sqlite_utils.Database, user_id: int, client_id: int,
                    lifetime: float) -> dict[str, Any]:
     token = new_token()
     expires = time.time() + lifetime
-    db.table("sessions").insert({"token_hash": token_hash(token), "user_id": user_id, "client_id": client_id,
-                           "created_at": now_iso(), "expires_at": expires, "ended_at": None})
+    db.execute("insert into sessions (token_hash, user_id, client_id, created_at, expires_at) values (?, ?, ?, ?, ?)",
+               [token_hash(token), user_id, client_id, now_iso(), expires])
     return {"token": token, "expiresAt": now_iso(expires), "_type": "CreateSessionResponseBody"}
 
 
@@ -277,7 +277,7 @@ def _principal(row: dict[str, Any] | None, now: float) -> Principal:
 def authenticate(db: sqlite_utils.Database, client: dict[str, Any], session_token: str) -> Principal:
     """The principal of a live session opened by this very client, else Unauthorized."""
     h = token_hash(session_token)
-    row = next(iter(db.query(_SESSION_SQL + " where s.token_hash = ?", [h])), None)
+    row = first(db, _SESSION_SQL + " where s.token_hash = ?", [h])
     if row is not None and (row["client_id"] != client["id"] or not hmac.compare_digest(row["token_hash"], h)):
         row = None
     return _principal(row, time.time())
@@ -292,7 +292,7 @@ def check_download_token(db: sqlite_utils.Database, secret: bytes, job_id: int, 
     sid, _, mac = token.partition("-")
     if not sid.isdigit() or len(sid) > 18 or not mac:
         raise Unauthorized("The download link is not valid.")
-    row = next(iter(db.query(_SESSION_SQL + " where s.id = ?", [int(sid)])), None)
+    row = first(db, _SESSION_SQL + " where s.id = ?", [int(sid)])
     if row is not None:
         want = derive(secret, "download", job_id, row["session_id"], row["token_hash"])
         if not hmac.compare_digest(want.encode(), mac.encode()):

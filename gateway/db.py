@@ -25,6 +25,17 @@ def now_iso(ts: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if ts is None else ts))
 
 
+def first(db: sqlite_utils.Database, sql: str, params: Any = ()) -> dict[str, Any] | None:
+    """The first row as a dict, read straight from the connection: hot paths skip the savepoint that
+    sqlite-utils' query() wraps around every statement."""
+    cur = db.conn.execute(sql, params)
+    try:
+        row = cur.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+    finally:
+        cur.close()
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """One connection for the calling thread: WAL, busy_timeout, foreign keys, schema up to date."""
     p = Path(path)

@@ -14,7 +14,7 @@ from typing import Any
 import sqlite_utils
 
 from gateway.accounts import Principal
-from gateway.db import now_iso
+from gateway.db import first, now_iso
 from gateway.errors import Conflict, Forbidden, Gone, InvalidParameter, NotFound
 from gateway.storage import KINDS, Digest, Storage, finished_stat, hash_file
 
@@ -100,30 +100,29 @@ def create_job(db: sqlite_utils.Database, storage: Storage, who: Principal, new:
     if new.specification_key is not None and not specification_exists(db, new.specification_key):
         raise InvalidParameter("specificationKey", f"no specification with key {new.specification_key}")
     now = time.time()
-    cur = db.execute(
-        """insert into jobs (account_id, created_by, name, description, invoice_reference, is_test,
-                             deadline_id, specification_key, tags, callback_url, status, day, created_at,
-                             ftp_password_hash)
-           values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        [who.account_id, who.user_id, new.name, new.description, new.invoice_reference, int(new.is_test),
-         new.deadline_id, new.specification_key, json.dumps(list(new.tags)), new.callback_url, PREPROCESS,
-         time.strftime("%Y%m%d", time.gmtime(now)), now_iso(now), ftp_password_hash])
-    job_id = int(cur.lastrowid or 0)
-    _event(db, job_id, PREPROCESS, who.login)
-    job = get_job(db, job_id)
+    job = first(db, """insert into jobs (account_id, created_by, name, description, invoice_reference, is_test,
+                                         deadline_id, specification_key, tags, callback_url, status, day,
+                                         created_at, ftp_password_hash)
+                       values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) returning *""",
+                [who.account_id, who.user_id, new.name, new.description, new.invoice_reference, int(new.is_test),
+                 new.deadline_id, new.specification_key, json.dumps(list(new.tags)), new.callback_url, PREPROCESS,
+                 time.strftime("%Y%m%d", time.gmtime(now)), now_iso(now), ftp_password_hash])
     assert job is not None
-    storage.make_job_dirs(job["day"], job_id)
+    job["tags"] = json.loads(job["tags"])
+    _event(db, job["id"], PREPROCESS, who.login, job["created_at"])
+    storage.make_job_dirs(job["day"], job["id"])
     return job
 
 
-def _event(db: sqlite_utils.Database, job_id: int, status: str, actor: str) -> None:
-    db.table("job_events").insert({"job_id": job_id, "status": status, "at": now_iso(), "actor": actor})
+def _event(db: sqlite_utils.Database, job_id: int, status: str, actor: str, at: str | None = None) -> None:
+    db.execute("insert into job_events (job_id, status, at, actor) values (?, ?, ?, ?)",
+               [job_id, status, at or now_iso(), actor])
 
 
 def get_job(db: sqlite_utils.Database, job_id: int) -> dict[str, Any] | None:
     if not 0 < job_id < 2**63:
         return None
-    row = next(iter(db.query("select * from jobs where id = ?", [job_id])), None)
+    row = first(db, "select * from jobs where id = ?", [job_id])
     if row is not None:
         row["tags"] = json.loads(row["tags"])
     return row
@@ -381,14 +380,13 @@ def withdraw_upload(db: sqlite_utils.Database, storage: Storage, up: Upload, don
 
 
 def file_record(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str) -> dict[str, Any] | None:
-    return next(iter(db.query("select * from files where job_id = ? and kind = ? and path = ?",
-                              [job_id, kind, relpath])), None)
+    return first(db, "select * from files where job_id = ? and kind = ? and path = ?", [job_id, kind, relpath])
 
 
 def get_file(db: sqlite_utils.Database, file_id: int) -> dict[str, Any] | None:
     if not 0 < file_id < 2**63:
         return None
-    return next(iter(db.query("select * from files where id = ?", [file_id])), None)
+    return first(db, "select * from files where id = ?", [file_id])
 
 
 def list_files(db: sqlite_utils.Database, job_id: int, kind: str | None = None) -> list[dict[str, Any]]:
@@ -439,8 +437,8 @@ def record_mtime(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str
 
 def find_partial(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str,
                  login: str) -> dict[str, Any] | None:
-    return next(iter(db.query("select * from partials where job_id = ? and kind = ? and path = ? and login = ?",
-                              [job_id, kind, relpath, login])), None)
+    return first(db, "select * from partials where job_id = ? and kind = ? and path = ? and login = ?",
+                 [job_id, kind, relpath, login])
 
 
 def save_partial(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str, login: str,

@@ -112,8 +112,10 @@ class Storage:
         return self.job_dir(day, job_id) / kind
 
     def make_job_dirs(self, day: str, job_id: int) -> None:
-        for kind in KINDS:
-            self.kind_dir(day, job_id, kind).mkdir(parents=True, exist_ok=True)
+        job = self.job_dir(day, job_id)
+        os.makedirs(job / KINDS[0], exist_ok=True)
+        for kind in KINDS[1:]:
+            os.makedirs(job / kind, exist_ok=True)
 
     def remove_job(self, day: str, job_id: int) -> None:
         """Remove every file of a job (archiving); the empty kind folders stay."""

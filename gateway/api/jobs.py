@@ -122,7 +122,7 @@ def upload_key(secret: bytes, job_id: int) -> str:
 
 
 def job_body(app: web.Application, job: dict[str, Any], who: Principal | None, type_: str,
-             detail: bool = True) -> dict[str, Any]:
+             detail: bool = True, new: bool = False) -> dict[str, Any]:
     """The job as the API shows it; without a principal (a callback) no capability URL is included."""
     addrs, secret = app[ADDRESSES], app[SECRET]
     ftp = f"{addrs.ftp_base()}/{job['day']}/{job['id']}"
@@ -149,7 +149,11 @@ def job_body(app: web.Application, job: dict[str, Any], who: Principal | None, t
         "upload": {"ftpUrl": f"{ftp}/ORIGINAL/", "postUrl": post, "ftpUsername": jobs.job_ftp_username(job["id"])},
         "download": {"ftpUrl": f"{ftp}/CLIPPED/", "getUrl": get},
     }
-    if detail:
+    if new:  # just created: nothing to look up
+        actor = who.login if who else None
+        body.update(originalCount=0, clippedCount=0,
+                    statusHistory=[{"status": job["status"], "at": job["created_at"], "actor": actor}])
+    elif detail:
         db = app[DB]
         counts = jobs.file_counts(db, job["id"])
         body["originalCount"] = counts["ORIGINAL"]
@@ -170,7 +174,7 @@ async def create_job(request: web.Request) -> web.Response:
     ftp_password = accounts.new_token()
     app = request.app
     job = await app[WRITER].run(jobs.create_job, app[STORAGE], who, new, accounts.token_hash(ftp_password))
-    body = job_body(request.app, job, who, "CreateJobResponseBody")
+    body = job_body(request.app, job, who, "CreateJobResponseBody", new=True)
     body["upload"]["ftpPassword"] = ftp_password  # shown once, stored hashed
     return web.json_response(body, status=201, headers={"Location": f"/jobs/{job['id']}"})
 
