@@ -172,18 +172,43 @@ def m003_files_uploaded_ns(db: sqlite_utils.Database) -> None:
     db.table("files").create_index(["job_id", "uploaded_ns"])
 
 
+class _LoopCaller:
+    """A caller awaiting on an event loop: results go back one wake-up per loop per batch, not one each."""
+
+    __slots__ = ("fut", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]) -> None:
+        self.loop, self.fut = loop, fut
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self.fut.cancelled()  # read from the writer thread: a late cancel just loses the result
+
+
+def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, err in outcomes:
+        if fut.done():
+            continue
+        if err is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(err)
+
+
+Waiter = concurrent.futures.Future[Any] | _LoopCaller
+Job = tuple[Callable[..., Any], tuple[Any, ...], Waiter]
+
+
 class Writer:
     """The one thread that writes: callers submit fn(db, *args); a batch shares one transaction.
 
-    Each call runs in its own savepoint, so one failing call rolls back only itself; futures
-    resolve after COMMIT, so a caller that saw a result knows it is durable.
+    Each call runs in its own savepoint, so one failing call rolls back only itself; results are
+    handed back after COMMIT, so a caller that saw a result knows it is durable.
     """
 
     def __init__(self, path: str | Path, max_batch: int = 256) -> None:
         self.path = Path(path)
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...],
-                                             concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
         self._ready = concurrent.futures.Future[None]()
         self._closed = False
@@ -201,7 +226,12 @@ class Writer:
         return fut
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.wrap_future(self.submit(fn, *args))
+        if self._closed:
+            raise RuntimeError("database writer is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, args, _LoopCaller(loop, fut)))
+        return await fut
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         return self.submit(fn, *args).result()
@@ -234,41 +264,57 @@ class Writer:
                         break
                 work = [b for b in batch if b is not None]
                 if work:
-                    self._run_batch(db, work)
+                    self._hand_back(self._run_batch(db, work))
                 if len(work) < len(batch):
                     return
         finally:
             db.close()
 
-    def _run_batch(self, db: sqlite_utils.Database,
-                   batch: list[tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]]) -> None:
-        done: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+    def _run_batch(self, db: sqlite_utils.Database, batch: list[Job]) -> list[tuple[Waiter, Any, BaseException | None]]:
+        done: list[tuple[Waiter, Any, BaseException | None]] = []
+        alone = len(batch) == 1  # nothing to protect from it: no savepoint needed
         try:
             db.execute("BEGIN IMMEDIATE")
-            for fn, args, fut in batch:
-                if not fut.set_running_or_notify_cancel():
+            for fn, args, waiter in batch:
+                if not waiter.set_running_or_notify_cancel():
                     continue
                 try:
-                    with db.atomic():
-                        done.append((fut, fn(db, *args), None))
+                    if alone:
+                        result = fn(db, *args)
+                    else:
+                        with db.atomic():
+                            result = fn(db, *args)
+                    done.append((waiter, result, None))
                 except Exception as e:
-                    done.append((fut, None, e))
+                    done.append((waiter, None, e))
+                    if alone and db.conn.in_transaction:
+                        db.execute("ROLLBACK")  # undo what it wrote before failing
                     if not db.conn.in_transaction:
                         # the error ended the whole transaction (a disk or I/O error, a ROLLBACK
                         # trigger): what ran before it in this batch is gone too
                         lost = sqlite3.OperationalError("rolled back with its batch; nothing was written")
-                        done = [(f, None, err or lost) for f, _, err in done]
+                        done = [(w, None, err or lost) for w, _, err in done]
                         db.execute("BEGIN IMMEDIATE")
             db.execute("COMMIT")
         except Exception as e:  # the transaction as a whole failed: nobody's write is durable
             log.exception("database batch failed")
             db.rollback()
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
-        for fut, result, err in done:
-            if err is None:
-                fut.set_result(result)
-            else:
-                fut.set_exception(err)
+            return [(w, None, e) for _, _, w in batch]
+        return done
+
+    @staticmethod
+    def _hand_back(done: list[tuple[Waiter, Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+        for waiter, result, err in done:
+            if isinstance(waiter, _LoopCaller):
+                by_loop.setdefault(waiter.loop, []).append((waiter.fut, result, err))
+            elif not waiter.done():
+                if err is None:
+                    waiter.set_result(result)
+                else:
+                    waiter.set_exception(err)
+        for loop, outcomes in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, outcomes)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                pass

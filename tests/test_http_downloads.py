@@ -72,9 +72,7 @@ async def get_url_of(gw: Gateway, job_id: int, session: str) -> str:
 
 async def principal_of(gw: Gateway, session: str) -> accounts.Principal:
     def find(db: Any) -> accounts.Principal:
-        client = accounts.find_client(db, gw.world.clients["web"])
-        assert client is not None
-        return accounts.authenticate(db, client, session)
+        return accounts.authenticate(db, gw.world.clients["web"], session)
     return gw.read(find)
 
 

@@ -19,9 +19,7 @@ async def make_jobs(gw: Gateway, session: str, n: int, prefix: str = "job") -> l
     storage = gw.app[STORAGE]
 
     def create(db: sqlite_utils.Database) -> list[int]:
-        client = accounts.find_client(db, gw.world.clients["web"])
-        assert client is not None
-        who = accounts.authenticate(db, client, session)
+        who = accounts.authenticate(db, gw.world.clients["web"], session)
         return [jobs.create_job(db, storage, who, jobs.NewJob(f"{prefix}-{i}", "d"), "x")["id"] for i in range(n)]
 
     return await gw.write(create)

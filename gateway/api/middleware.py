@@ -188,14 +188,14 @@ def authenticate(request: web.Request, auth: str) -> Principal | None:
     if auth == "session" and not session_token:
         raise MissingHeader("X-Session-Token")
     db = request.app[DB]
+    if auth == "session":
+        assert session_token is not None
+        return accounts.authenticate(db, client_token, session_token)
     client = accounts.find_client(db, client_token)
     if client is None:
         raise Unauthorized("The client token is unknown or revoked.")
     request[CLIENT] = client
-    if auth == "client":
-        return None
-    assert session_token is not None
-    return accounts.authenticate(db, client, session_token)
+    return None
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:

@@ -308,9 +308,7 @@ async def link_token(gw: Gateway, column: str, cell: Cell, which: str) -> str | 
         s = await gw.session("bob")
 
         def principal(db: Any) -> accounts.Principal:
-            client = accounts.find_client(db, gw.world.clients["web"])
-            assert client is not None
-            return accounts.authenticate(db, client, s)
+            return accounts.authenticate(db, gw.world.clients["web"], s)
         return accounts.download_token(gw.secret, cell.job["id"], gw.read(principal))
     client = "web"
     if column == "unknown-client":
