@@ -19,7 +19,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from gateway import accounts, jobs
 from gateway.api.app import create_app
-from gateway.api.keys import ADDRESSES, CONFIG, GUARD, LIFECYCLE, STORAGE, WRITER, Addresses
+from gateway.api.keys import ADDRESSES, CONFIG, GUARD, HASHERS, LIFECYCLE, STORAGE, WRITER, Addresses
 from gateway.config import Config
 from gateway.ftp.service import FtpService
 
@@ -97,7 +97,7 @@ def attach_ftp(app: web.Application, sock: socket.socket) -> None:
     holder: list[FtpService] = []
 
     async def ftp_ctx(app: web.Application) -> AsyncIterator[None]:
-        service = FtpService(app[CONFIG], sock, app[WRITER], app[STORAGE], app[GUARD])
+        service = FtpService(app[CONFIG], sock, app[WRITER], app[STORAGE], app[GUARD], app[HASHERS])
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, service.start)
         holder.append(service)

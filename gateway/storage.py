@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -195,19 +196,49 @@ def hash_file(path: Path) -> Digest:
     return Digest(size, md5.hexdigest(), crc)
 
 
-class Spool:
-    """A hidden temp file beside its final name; md5 and crc32 follow the writes on another thread.
+class HashPool:
+    """A few threads hash every spool's bytes shortly after they land. md5 and crc32 release the GIL on
+    large buffers; a fixed pool, not a thread per upload, keeps 50 uploads from crowding the GIL that
+    the event loop and the FTP thread need too."""
 
-    The hasher reads back what was written (from the page cache), so the writer never waits for
-    it and memory stays flat; `digest()` waits until it has caught up. Writes are blocking: the
-    FTP thread calls them directly (page-cache writes), the HTTP loop through an executor.
+    BURST = 16 << 20  # bytes of one spool hashed before the next spool gets a turn
+
+    def __init__(self, threads: int = 2) -> None:
+        self._queue: queue.SimpleQueue[Spool | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"hasher-{i}", daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def schedule(self, spool: Spool) -> None:
+        self._queue.put(spool)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join()
+
+    def _work(self) -> None:
+        while (spool := self._queue.get()) is not None:
+            spool._hash_turn(self)
+
+
+class Spool:
+    """A hidden temp file beside its final name; md5 and crc32 follow the writes on a HashPool thread.
+
+    The pool reads back what was written (from the page cache), so the writer never waits for it and
+    memory stays flat; `digest()` waits until it has caught up. Writes are blocking: the FTP thread
+    calls them directly (page-cache writes), the HTTP loop through an executor. At most one pool
+    thread works on a spool at a time (md5 is sequential).
     """
 
-    INLINE_LIMIT = 1 << 20  # up to this many unhashed bytes are hashed at the end, without a thread
+    INLINE_LIMIT = 1 << 20  # up to this many unhashed bytes at the end are hashed by digest() itself
 
-    def __init__(self, path: Path, max_size: int, start: int = 0, existing: bool = False) -> None:
+    def __init__(self, path: Path, max_size: int, pool: HashPool, start: int = 0, existing: bool = False) -> None:
         self.path = path
         self.max_size = max_size
+        self._pool = pool
         flags = os.O_WRONLY | os.O_CLOEXEC | (0 if existing else os.O_CREAT | os.O_EXCL)
         self._fd = os.open(path, flags, 0o644)
         self._rfd = -1
@@ -221,9 +252,7 @@ class Spool:
         self._ended = False
         self._cancelled = False
         self._failed: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_done = False
-        self._hasher_waiting = False
+        self._scheduled = False  # queued in, or being hashed by, the pool
         self._done_callbacks: list[Callable[[Spool], None]] = []
         self.name = str(path)  # pyftpdlib logs file_obj.name
         self.closed = False
@@ -247,10 +276,11 @@ class Spool:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientStorage("The disk is full: the file could not be stored.") from e
             raise
-        if self.size - self._hashed >= HASH_STEP and (self._thread is None or self._hasher_waiting):
-            with self._cond:  # wake the hasher only for a full step: fewer GIL hand-offs per byte
-                self._start_hasher()
-                self._cond.notify()
+        if not self._scheduled and self.size - self._hashed >= HASH_STEP:
+            with self._cond:  # a turn in the pool only for a full step: few hand-offs per byte
+                if not self._scheduled:
+                    self._scheduled = True
+                    self._pool.schedule(self)
         return n
 
     def prefill(self, source: Path, length: int) -> None:
@@ -263,14 +293,8 @@ class Spool:
         self.closed = True
         with self._cond:
             self._ended = True
-            self._cond.notify()
 
     # -- hashing
-    def _start_hasher(self) -> None:  # with self._cond held
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._hash_loop, name="spool-hasher", daemon=True)
-            self._thread.start()
-
     def _hash_upto(self, end: int) -> None:
         if self._rfd < 0:
             self._rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -284,46 +308,47 @@ class Spool:
             self._crc = crc32(view[:n], self._crc)
             self._hashed += n
 
-    def _hash_loop(self) -> None:
+    def _hash_turn(self, pool: HashPool) -> None:
+        """One turn on a pool thread: hash a burst, then queue again, or finish."""
         try:
-            while True:
-                with self._cond:
-                    while self.size - self._hashed < HASH_STEP and not self._ended:
-                        self._hasher_waiting = True
-                        self._cond.wait(0.05)  # a missed wake-up costs at most this
-                    self._hasher_waiting = False
-                    end, ended = self.size, self._ended
-                if self._cancelled:
-                    break
-                if self._hashed < end:
-                    self._hash_upto(end)
-                elif ended:
-                    break
+            if not self._cancelled and self._failed is None:
+                self._hash_upto(min(self.size, self._hashed + pool.BURST))
         except BaseException as e:  # reported by digest()
             self._failed = e
+        callbacks: list[Callable[[Spool], None]] = []
         with self._cond:
-            self._thread_done = True
-            callbacks, self._done_callbacks = self._done_callbacks, []
+            more = self.size - self._hashed
+            if not (self._cancelled or self._failed) and (more >= HASH_STEP or (self._ended and more > 0)):
+                pool.schedule(self)  # another turn (other spools go first)
+                return
+            self._scheduled = False
+            if self._ended or self._cancelled or self._failed:
+                callbacks, self._done_callbacks = self._done_callbacks, []
+            self._cond.notify_all()
         for cb in callbacks:
             cb(self)
 
     def when_hashed(self, callback: Callable[[Spool], None]) -> None:
-        """End the bytes; call callback(spool) once all are hashed (from the hasher thread, or at once)."""
+        """End the bytes; call callback(spool) once all are hashed (from a pool thread, or at once)."""
         with self._cond:
             self.closed = self._ended = True
-            self._cond.notify()
-            if self._thread is None and self.size - self._hashed > self.INLINE_LIMIT:
-                self._start_hasher()
-            if self._thread is not None and not self._thread_done:
+            if not self._scheduled and self.size - self._hashed > self.INLINE_LIMIT:
+                self._scheduled = True
+                self._pool.schedule(self)
+            if self._scheduled:
                 self._done_callbacks.append(callback)
                 return
         callback(self)
 
+    def _wait_idle(self) -> None:
+        with self._cond:
+            while self._scheduled:
+                self._cond.wait()
+
     def digest(self) -> Digest:
-        """The size, md5 and crc32 of every byte written (blocks until the hasher caught up)."""
+        """The size, md5 and crc32 of every byte written (waits until the pool caught up)."""
         self.close()
-        if self._thread is not None:
-            self._thread.join()
+        self._wait_idle()
         if self._failed is not None:
             raise self._failed
         self._hash_upto(self.size)
@@ -340,12 +365,11 @@ class Spool:
     def release(self) -> None:
         """Close the descriptors, keeping the temp file (a partial kept for resume)."""
         self.close()
-        if self._thread is not None:
-            self._thread.join()
+        self._wait_idle()
         self._close_fds()
 
     def discard(self) -> None:
-        """Throw the bytes away (the hasher stops at once)."""
+        """Throw the bytes away (the pool stops hashing them at once)."""
         self._cancelled = True
         self.release()
         try:

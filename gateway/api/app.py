@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +18,7 @@ from gateway.api.keys import (
     DB,
     EXECUTOR,
     GUARD,
+    HASHERS,
     LIFECYCLE,
     SECRET,
     STORAGE,
@@ -28,7 +30,7 @@ from gateway.api.middleware import cors_middleware, drain_middleware, errors_mid
 from gateway.api.routes import add_routes
 from gateway.config import Config
 from gateway.db import Writer, open_db
-from gateway.storage import Storage
+from gateway.storage import HashPool, Storage
 
 MAX_JSON_BODY = 1 << 20
 
@@ -59,6 +61,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[STORAGE].root.mkdir(parents=True, exist_ok=True)
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gw-work")
     writer = Writer(config.db_path)
+    hashers = HashPool(min(2, os.cpu_count() or 1))
+    app[HASHERS] = hashers
     try:
         await loop.run_in_executor(executor, writer.start)  # opens and migrates the database
         app[EXECUTOR] = executor
@@ -71,3 +75,4 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             app[DB].close()
         await loop.run_in_executor(None, writer.close)
         executor.shutdown(wait=True)
+        await loop.run_in_executor(None, hashers.close)

@@ -11,7 +11,7 @@ from aiohttp import web
 from gateway.accounts import LoginGuard
 from gateway.config import Config
 from gateway.db import Writer
-from gateway.storage import Storage
+from gateway.storage import HashPool, Storage
 
 
 @dataclass(frozen=True)
@@ -44,3 +44,4 @@ STORAGE = web.AppKey("storage", Storage)
 SECRET = web.AppKey("secret", bytes)
 GUARD = web.AppKey("login_guard", LoginGuard)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+HASHERS = web.AppKey("hashers", HashPool)  # shared with the FTP service

@@ -25,7 +25,7 @@ from gateway import jobs
 from gateway.accounts import Principal
 from gateway.api.downloads import file_body
 from gateway.api.jobs import upload_key
-from gateway.api.keys import CONFIG, DB, EXECUTOR, SECRET, STORAGE, WRITER
+from gateway.api.keys import CONFIG, DB, EXECUTOR, HASHERS, SECRET, STORAGE, WRITER
 from gateway.api.middleware import body_type, cors_headers, endpoint, principal
 from gateway.errors import (
     BadRequest,
@@ -108,7 +108,7 @@ async def _store_part(request: web.Request, target: Target, part: BodyPartReader
     expected = part.headers.get("Content-MD5")
     loop = asyncio.get_running_loop()
     kind_dir = storage.kind_dir(target.job["day"], target.job["id"], target.kind)
-    spool = Spool(storage.temp_path(kind_dir), config.storage.max_file_size)
+    spool = Spool(storage.temp_path(kind_dir), config.storage.max_file_size, app[HASHERS])
     pending: concurrent.futures.Future[int] | None = None
     try:
         while True:

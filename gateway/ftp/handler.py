@@ -377,13 +377,13 @@ class GatewayHandlerMixin:
         psize = _regular_size(ptemp) if ptemp is not None else None
         fsize = _regular_size(node.real)
         if mode == "a" and psize is not None:
-            return Spool(ptemp, max_size, start=psize, existing=True)  # type: ignore[arg-type]
+            return Spool(ptemp, max_size, self.gw.hashers, start=psize, existing=True)  # type: ignore[arg-type]
         if rest and psize is not None and rest <= psize:
-            return Spool(ptemp, max_size, start=rest, existing=True)  # type: ignore[arg-type]
+            return Spool(ptemp, max_size, self.gw.hashers, start=rest, existing=True)  # type: ignore[arg-type]
         if rest and (fsize is None or rest > fsize):
             raise FtpRefusal(554, f"REST position ({rest}) is beyond the file size ({psize or fsize or 0}).")
         prefix = rest if rest else (fsize or 0) if mode == "a" else 0
-        spool = Spool(storage.temp_path(node.real.parent), max_size)
+        spool = Spool(storage.temp_path(node.real.parent), max_size, self.gw.hashers)
         if prefix:
             spool.prefill(node.real, prefix)
         return spool

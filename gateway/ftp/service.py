@@ -25,7 +25,7 @@ from pyftpdlib.servers import FTPServer
 from gateway.accounts import LoginGuard
 from gateway.config import Config
 from gateway.db import Writer, open_db
-from gateway.storage import Storage
+from gateway.storage import HashPool, Storage
 
 log = logging.getLogger("gateway.ftp")
 
@@ -94,8 +94,9 @@ class FtpService:
     """pyftpdlib in one dedicated thread, sharing the process's writer, storage and login guard."""
 
     def __init__(self, config: Config, sock: socket.socket, writer: Writer, storage: Storage,
-                 guard: LoginGuard) -> None:
+                 guard: LoginGuard, hashers: HashPool) -> None:
         self.config = config
+        self.hashers = hashers
         self.sock = sock
         self.writer = writer
         self.storage = storage
