@@ -261,7 +261,7 @@ class Spool:
         return self._fd
 
     # -- writing
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         n = len(data)
         if self.size + n > self.max_size:
             raise PayloadTooLarge(f"The file is larger than the limit of {self.max_size} bytes.",

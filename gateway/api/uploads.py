@@ -110,17 +110,27 @@ async def _store_part(request: web.Request, target: Target, part: BodyPartReader
     kind_dir = storage.kind_dir(target.job["day"], target.job["id"], target.kind)
     spool = Spool(storage.temp_path(kind_dir), config.storage.max_file_size, app[HASHERS])
     pending: concurrent.futures.Future[int] | None = None
+    buf = bytearray()  # aiohttp hands out what the socket had (often 64 KiB): writes go out in 1 MiB
     try:
         while True:
             chunk = await _timed(part.read_chunk(CHUNK), config.http.body_timeout)
+            if chunk:
+                buf += chunk
+                if len(buf) < CHUNK:
+                    continue
+            elif not part.at_eof():
+                raise BadRequest("The body ended inside a part.", code="invalid_multipart")
             if pending is not None:
                 await asyncio.wrap_future(pending)
                 pending = None
+            if buf:
+                pending = executor.submit(spool.write, buf)  # written while the next chunk is read
+                buf = bytearray()
             if not chunk:
-                if not part.at_eof():
-                    raise BadRequest("The body ended inside a part.", code="invalid_multipart")
                 break
-            pending = executor.submit(spool.write, chunk)  # written while the next chunk is read
+        if pending is not None:
+            await asyncio.wrap_future(pending)
+            pending = None
         digest = await loop.run_in_executor(executor, spool.digest)
         if expected is not None and not _md5_matches(expected, digest.md5):
             raise ChecksumMismatch(f"Content-MD5 of {name!r} does not match the bytes received.")
