@@ -14,9 +14,11 @@ class GatewayError(Exception):
     default_message = "The server encountered an unexpected condition."
     headers: dict[str, str] = {}  # extra HTTP headers of the answer
 
-    def __init__(self, message: str | None = None, **context: Any) -> None:
+    def __init__(self, message: str | None = None, code: str | None = None, **context: Any) -> None:
         self.message = message or self.default_message
         self.context = context
+        if code:  # a more precise code than the class's (job_not_found, invalid_status, ...)
+            self.code = code
         super().__init__(self.message)
 
     def body(self) -> dict[str, Any]:
@@ -30,11 +32,6 @@ class BadRequest(GatewayError):
     code = "bad_request"
     ftp_code = 501
     default_message = "The request could not be understood."
-
-    def __init__(self, message: str | None = None, code: str | None = None, **context: Any) -> None:
-        super().__init__(message, **context)
-        if code:
-            self.code = code
 
 
 class MissingHeader(BadRequest):
@@ -115,11 +112,6 @@ class NotFound(GatewayError):
     ftp_code = 550
     default_message = "The resource was not found."
 
-    def __init__(self, message: str | None = None, code: str | None = None, **context: Any) -> None:
-        super().__init__(message, **context)
-        if code:
-            self.code = code
-
 
 class MethodNotAllowed(GatewayError):
     """HTTP 405 method_not_allowed."""
@@ -153,11 +145,6 @@ class Conflict(GatewayError):
     code = "conflict"
     ftp_code = 550
 
-    def __init__(self, message: str | None = None, code: str | None = None, **context: Any) -> None:
-        super().__init__(message, **context)
-        if code:
-            self.code = code
-
 
 class Gone(GatewayError):
     """HTTP 410 job_archived; FTP 550."""
@@ -183,11 +170,6 @@ class PayloadTooLarge(GatewayError):
     code = "request_too_large"
     ftp_code = 552
     default_message = "The request body is too large."
-
-    def __init__(self, message: str | None = None, code: str | None = None, **context: Any) -> None:
-        super().__init__(message, **context)
-        if code:
-            self.code = code
 
 
 class UnsupportedMediaType(GatewayError):

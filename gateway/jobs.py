@@ -16,7 +16,7 @@ import sqlite_utils
 from gateway.accounts import Principal
 from gateway.db import first, now_iso
 from gateway.errors import Conflict, Forbidden, Gone, InvalidParameter, NotFound
-from gateway.storage import KINDS, Digest, Storage, finished_stat, hash_file
+from gateway.storage import KINDS, Digest, Storage, finished_stat, hash_file, unlink_quiet
 
 log = logging.getLogger("gateway.jobs")
 
@@ -355,7 +355,7 @@ def _commit(db: sqlite_utils.Database, storage: Storage, up: Upload, keep_replac
            returning *""", row)))
     old = drop_partial(db, up.job_id, up.kind, up.relpath, up.login)
     if old is not None and storage.kind_dir(job["day"], up.job_id, up.kind) / old != up.temp:
-        _unlink_quiet(storage.kind_dir(job["day"], up.job_id, up.kind) / old)  # a fresh STOR replaced it
+        unlink_quiet(storage.kind_dir(job["day"], up.job_id, up.kind) / old)  # a fresh STOR replaced it
     return Committed(rec, backup, previous)
 
 
@@ -465,17 +465,10 @@ def expire_partials(db: sqlite_utils.Database, storage: Storage, ttl: float) -> 
     n = 0
     for p in list(db.query("""select p.*, j.day from partials p join jobs j on j.id = p.job_id
                               where p.updated_at < ?""", [time.time() - ttl])):
-        _unlink_quiet(storage.kind_dir(p["day"], p["job_id"], p["kind"]) / p["temp_name"])
+        unlink_quiet(storage.kind_dir(p["day"], p["job_id"], p["kind"]) / p["temp_name"])
         db.execute("delete from partials where id = ?", [p["id"]])
         n += 1
     return n
-
-
-def _unlink_quiet(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 # ----------------------------------------------------------------------------- reconciliation
@@ -502,7 +495,7 @@ def _reconcile_kind(db: sqlite_utils.Database, storage: Storage, job_id: int, da
         if rel in partials:
             partials.pop(rel)
         else:
-            _unlink_quiet(temp)
+            unlink_quiet(temp)
             changes["temp_removed"] += 1
     for p in partials.values():  # a partial whose bytes are gone
         db.execute("delete from partials where id = ?", [p["id"]])

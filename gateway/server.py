@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import signal
@@ -18,7 +17,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway import accounts, jobs
-from gateway.api.app import create_app
+from gateway.api.app import background, create_app
 from gateway.api.keys import ADDRESSES, CONFIG, GUARD, HASHERS, LIFECYCLE, STORAGE, WRITER, Addresses
 from gateway.config import Config
 from gateway.ftp.service import FtpService
@@ -87,7 +86,7 @@ def build_app(config: Config, addresses: Addresses, ftp_sock: socket.socket | No
     app.cleanup_ctx.append(_startup_duties)
     if ftp_sock is not None:
         attach_ftp(app, ftp_sock)
-    app.cleanup_ctx.append(_sweeper)
+    app.cleanup_ctx.append(background(sweep))
     return app
 
 
@@ -150,32 +149,22 @@ def print_demo(addrs: Addresses, demo: dict[str, str]) -> None:
     print("\n".join(lines), flush=True)
 
 
-async def _sweeper(app: web.Application) -> AsyncIterator[None]:
-    """Archive jobs past retention and drop expired partial uploads (once a minute by default)."""
-
-    config = app[CONFIG]
-    # short retention times (tests, trials) are honoured promptly; real ones are swept once a minute
+async def sweep(app: web.Application) -> None:
+    """Runs for the app's lifetime: archive jobs past retention and drop expired partial uploads (once a
+    minute; short retention times, in tests and trials, are honoured promptly)."""
+    config, writer, storage = app[CONFIG], app[WRITER], app[STORAGE]
     every = max(0.25, min(SWEEP_EVERY, config.jobs.retention_days * 86400 / 10, config.ftp.partial_ttl / 10))
-
-    async def loop() -> None:
-        writer, storage = app[WRITER], app[STORAGE]
-        while True:
-            await asyncio.sleep(every)
-            try:
-                for job in await writer.run(jobs.jobs_due_for_archive, config.jobs.retention_days):
-                    if await writer.run(jobs.archive_job, storage, job["id"]):
-                        log.info("job %s archived after %s days", job["id"], config.jobs.retention_days)
-                expired = await writer.run(jobs.expire_partials, storage, config.ftp.partial_ttl)
-                if expired:
-                    log.info("%d expired partial uploads removed", expired)
-            except Exception:
-                log.exception("sweep failed")
-
-    task = asyncio.create_task(loop())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    while True:
+        await asyncio.sleep(every)
+        try:
+            for job in await writer.run(jobs.jobs_due_for_archive, config.jobs.retention_days):
+                if await writer.run(jobs.archive_job, storage, job["id"]):
+                    log.info("job %s archived after %s days", job["id"], config.jobs.retention_days)
+            expired = await writer.run(jobs.expire_partials, storage, config.ftp.partial_ttl)
+            if expired:
+                log.info("%d expired partial uploads removed", expired)
+        except Exception:
+            log.exception("sweep failed")
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:

@@ -372,16 +372,21 @@ class Spool:
         """Throw the bytes away (the pool stops hashing them at once)."""
         self._cancelled = True
         self.release()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        unlink_quiet(self.path)
 
     def __del__(self) -> None:  # last resort: never leak descriptors
         try:
             self._close_fds()
         except Exception:  # noqa: S110 - interpreter shutdown
             pass
+
+
+def unlink_quiet(path: Path) -> None:
+    """Remove a file that may already be gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def finished_stat(path: Path) -> os.stat_result:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import web
 
 from gateway import accounts
 from gateway.accounts import LoginGuard
-from gateway.api.callbacks import callbacks_ctx
+from gateway.api.callbacks import deliver_callbacks
 from gateway.api.keys import (
     ADDRESSES,
     CONFIG,
@@ -35,6 +37,20 @@ from gateway.storage import HashPool, Storage
 MAX_JSON_BODY = 1 << 20
 
 
+def background(loop_fn: Callable[[web.Application], Coroutine[Any, Any, None]]) -> Callable[
+        [web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx running loop_fn(app) as a task for the app's lifetime (sweeps, deliveries)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(loop_fn(app))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
+
+
 def default_addresses(config: Config) -> Addresses:
     return Addresses(config.public_url_for(config.http.port), config.ftp_public_host, config.ftp.port)
 
@@ -50,7 +66,7 @@ def create_app(config: Config, addresses: Addresses | None = None) -> web.Applic
     app[GUARD] = LoginGuard(config.security.login_failures, config.security.login_window,
                             config.security.ban_time)
     app.cleanup_ctx.append(_resources)
-    app.cleanup_ctx.append(callbacks_ctx)
+    app.cleanup_ctx.append(background(deliver_callbacks))
     add_routes(app)
     return app
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -57,19 +55,13 @@ async def deliver_once(app: web.Application, http: aiohttp.ClientSession, cb: di
     return state
 
 
-async def callbacks_ctx(app: web.Application) -> AsyncIterator[None]:
-    async def loop() -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
-            while True:
-                await asyncio.sleep(POLL_EVERY)
-                try:
-                    for cb in jobs.due_callbacks(app[DB], time.time()):
-                        await deliver_once(app, http, cb)
-                except Exception:
-                    log.exception("callback delivery failed")
-
-    task = asyncio.create_task(loop())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def deliver_callbacks(app: web.Application) -> None:
+    """Runs for the app's lifetime: deliver what is due, twice a second."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+        while True:
+            await asyncio.sleep(POLL_EVERY)
+            try:
+                for cb in jobs.due_callbacks(app[DB], time.time()):
+                    await deliver_once(app, http, cb)
+            except Exception:
+                log.exception("callback delivery failed")

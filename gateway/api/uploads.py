@@ -110,14 +110,18 @@ async def _store_part(request: web.Request, target: Target, part: BodyPartReader
     kind_dir = storage.kind_dir(target.job["day"], target.job["id"], target.kind)
     spool = Spool(storage.temp_path(kind_dir), config.storage.max_file_size, app[HASHERS])
     pending: concurrent.futures.Future[int] | None = None
-    buf = bytearray()  # aiohttp hands out what the socket had (often 64 KiB): writes go out in 1 MiB
+    # aiohttp hands out what the socket had (often 64 KiB): writes go out in 1 MiB, or at least every
+    # half second for a slow client
+    buf = bytearray()
+    flushed = loop.time()
     try:
         while True:
             chunk = await _timed(part.read_chunk(CHUNK), config.http.body_timeout)
             if chunk:
                 buf += chunk
-                if len(buf) < CHUNK:
+                if len(buf) < CHUNK and loop.time() - flushed < 0.5:
                     continue
+                flushed = loop.time()
             elif not part.at_eof():
                 raise BadRequest("The body ended inside a part.", code="invalid_multipart")
             if pending is not None:

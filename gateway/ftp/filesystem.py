@@ -22,8 +22,9 @@ from pyftpdlib.exceptions import FilesystemError
 from pyftpdlib.filesystems import AbstractedFS
 
 from gateway import jobs
-from gateway.errors import GatewayError, InvalidParameter
+from gateway.errors import GatewayError
 from gateway.ftp.authorizer import FtpLogin
+from gateway.ftp.replies import FtpRefusal, refusal
 from gateway.storage import KINDS, Storage, is_temp_name, name_problem, split_relpath
 
 NOT_FOUND = "No such file or directory"
@@ -45,20 +46,6 @@ class Node:
     def job_id(self) -> int:
         assert self.job is not None
         return int(self.job["id"])
-
-
-class FtpRefusal(Exception):
-    """An FTP reply other than 550 (553 for names, 552 for space): carries the whole reply line."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code} {message}")
-        self.code, self.message = code, message
-
-
-def refusal(err: GatewayError) -> FtpRefusal:
-    if isinstance(err, InvalidParameter):
-        return FtpRefusal(553, f"File name not allowed: {err.reason}.")
-    return FtpRefusal(err.ftp_code, err.message)
 
 
 class VirtualFS(AbstractedFS):  # type: ignore[misc]
