@@ -14,8 +14,11 @@ import io
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +114,23 @@ def toml_text(data: Mapping[str, Any]) -> str:
             lines.append(f"\n[{section}]")
             lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def wait_for_health(proc: subprocess.Popen[Any], port: int, output: Callable[[], str], timeout: float = 30) -> None:
+    """Until a `gateway serve` subprocess answers GET /health with 200 (fail with its output if it dies)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"serve exited with {proc.returncode}: {output()[-3000:]}")
+        try:
+            with opener.open(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"serve did not answer /health within {timeout} s: {output()[-3000:]}")
 
 
 def free_port() -> int:

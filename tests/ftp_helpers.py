@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from conftest import wait_for_health
 
 HOST = "127.0.0.1"
 TIMEOUT = 15.0
@@ -127,6 +128,13 @@ class JobPaths:
     def kind(self, kind: str) -> str:
         return f"{self.root}/{kind}"
 
+
+
+async def new_job(gw: Any, login: str = "alice") -> tuple[str, dict[str, Any], JobPaths]:
+    """A job created by `login` through POST /jobs: (session, job body, its FTP paths)."""
+    session = await gw.session(login)
+    job = await gw.create_job(session)
+    return session, job, JobPaths.of(job)
 
 # ----------------------------------------------------------------------------- commands and replies
 
@@ -472,18 +480,7 @@ class Served:
         return self.out_path.read_text(errors="replace") + self.err_path.read_text(errors="replace")
 
     def wait_ready(self, http_port: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"serve exited with {self.proc.returncode}: {self.output[-3000:]}")
-            try:
-                with NO_PROXY.open(f"http://{HOST}:{http_port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"serve did not answer /health within {timeout} s: {self.output[-3000:]}")
+        wait_for_health(self.proc, http_port, lambda: self.output, timeout)
 
     def sigkill(self) -> None:
         if self.proc.poll() is None:

@@ -4,12 +4,10 @@ lftp (mirror -R of a folder tree and mirror back), with the records checked afte
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import Gateway
 from ftp_helpers import (
-    JobPaths,
     api_files,
     assert_records_true,
     curl,
@@ -18,6 +16,7 @@ from ftp_helpers import (
     job_login,
     lftp,
     md5,
+    new_job,
     payload,
     records,
     require_tool,
@@ -31,12 +30,6 @@ from ftp_helpers import (
 @pytest.fixture(autouse=True)
 def _tools() -> None:
     require_tool("curl")
-
-
-async def new_job(gw: Gateway, login: str = "alice") -> tuple[str, dict[str, Any], JobPaths]:
-    session = await gw.session(login)
-    job = await gw.create_job(session)
-    return session, job, JobPaths.of(job)
 
 
 @pytest.mark.parametrize("who", ["account", "job"])

@@ -11,12 +11,10 @@ import threading
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any
 
 from conftest import Gateway, GatewayFactory
 from ftp_helpers import (
     HOST,
-    JobPaths,
     api_files,
     assert_records_true,
     close_quietly,
@@ -28,6 +26,7 @@ from ftp_helpers import (
     mlsd,
     mlst,
     names,
+    new_job,
     payload,
     records,
     refused,
@@ -38,13 +37,6 @@ from ftp_helpers import (
 )
 
 from gateway.api.keys import WRITER
-
-
-async def new_job(gw: Gateway, login: str = "alice") -> tuple[str, dict[str, Any], JobPaths]:
-    session = await gw.session(login)
-    job = await gw.create_job(session)
-    return session, job, JobPaths.of(job)
-
 
 # ----------------------------------------------------------------------------- FEAT and options
 

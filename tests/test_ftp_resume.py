@@ -29,6 +29,7 @@ from ftp_helpers import (
     lftp,
     md5,
     names,
+    new_job,
     partial_of,
     partials,
     payload,
@@ -47,12 +48,6 @@ from gateway.api.keys import WRITER
 
 SIZE = 1_000_000
 CUT = 400_000
-
-
-async def new_job(gw: Gateway, login: str = "alice") -> tuple[str, dict[str, Any], JobPaths]:
-    session = await gw.session(login)
-    job = await gw.create_job(session)
-    return session, job, JobPaths.of(job)
 
 
 def temp_file(gw: Gateway, job: dict[str, Any]) -> Path:

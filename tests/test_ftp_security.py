@@ -25,6 +25,7 @@ from ftp_helpers import (
     ftp_session,
     job_login,
     names,
+    new_job,
     partial_of,
     records,
     refused,
@@ -41,12 +42,6 @@ from ftp_helpers import (
 from gateway import accounts
 
 SECRET = b"TOP SECRET: never readable by FTP"
-
-
-async def new_job(gw: Gateway, login: str = "alice") -> tuple[str, dict[str, Any], JobPaths]:
-    session = await gw.session(login)
-    job = await gw.create_job(session)
-    return session, job, JobPaths.of(job)
 
 
 # ----------------------------------------------------------------------------- names that cannot be stored

@@ -23,7 +23,6 @@ from ftp_helpers import (
     HOST,
     TIMEOUT,
     FtpError,
-    JobPaths,
     api_files,
     close_quietly,
     curl,
@@ -32,6 +31,7 @@ from ftp_helpers import (
     ftp_url,
     lftp,
     md5,
+    new_job,
     payload,
     records,
     require_tool,
@@ -63,12 +63,6 @@ async def tls_gateway(gateway_factory: GatewayFactory, certificate: tuple[Path, 
     cert, key = certificate
     return await gateway_factory({"ftp.tls_certfile": str(cert), "ftp.tls_keyfile": str(key), **settings},
                                  ftp=True)
-
-
-async def new_job(gw: Gateway) -> tuple[str, dict[str, Any], JobPaths]:
-    session = await gw.session("alice")
-    job = await gw.create_job(session)
-    return session, job, JobPaths.of(job)
 
 
 class ResumingFTP_TLS(ftplib.FTP_TLS):

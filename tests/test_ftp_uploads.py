@@ -21,6 +21,7 @@ from ftp_helpers import (
     job_login,
     md5,
     names,
+    new_job,
     partials,
     payload,
     records,
@@ -33,12 +34,6 @@ from ftp_helpers import (
     temp_sizes,
     wait_until,
 )
-
-
-async def new_job(gw: Gateway, login: str = "alice") -> tuple[str, dict[str, Any], JobPaths]:
-    session = await gw.session(login)
-    job = await gw.create_job(session)
-    return session, job, JobPaths.of(job)
 
 
 async def assert_nothing_visible(gw: Gateway, session: str, job: dict[str, Any], name: str,

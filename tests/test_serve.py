@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ConfigFactory, free_port
+from conftest import ConfigFactory, free_port, wait_for_health
 
 BANNER_END = "=" * 104
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -48,18 +48,7 @@ class Served:
         return self.stdout + self.err_path.read_text(errors="replace")
 
     def wait_ready(self, port: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"serve exited with {self.proc.returncode}: {self.output[-2000:]}")
-            try:
-                with NO_PROXY.open(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"serve did not answer /health within {timeout} s: {self.output[-2000:]}")
+        wait_for_health(self.proc, port, lambda: self.output, timeout)
 
     def terminate(self, within: float = 5.0) -> int:
         """SIGTERM; the exit code, which must come within `within` seconds."""
