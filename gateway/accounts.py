@@ -323,7 +323,10 @@ def bootstrap_demo(db: sqlite_utils.Database) -> dict[str, str] | None:
 # ----------------------------------------------------------------------------- login throttling
 
 class LoginGuard:
-    """Counts failed logins per IP; an IP with too many within the window is banned for a while."""
+    """Counts failed logins per IP; an IP with too many within the window is banned for a while.
+
+    A success does not clear the address's failures (an attacker could log into an account of their
+    own between guesses): failures age out with the window."""
 
     def __init__(self, failures: int, window: float, ban_time: float) -> None:
         self.failures, self.window, self.ban_time = failures, window, ban_time
@@ -356,7 +359,3 @@ class LoginGuard:
             if len(self._seen) > 100_000:  # bound memory under a spray of addresses
                 self._seen.clear()
             return False
-
-    def succeeded(self, ip: str) -> None:
-        """A success does not clear the address's failures: an attacker could log into an account of
-        their own between guesses. Failures age out with the window."""

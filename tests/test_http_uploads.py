@@ -502,7 +502,9 @@ async def test_unsafe_names_are_400_invalid_parameter(gw: Gateway, name: str) ->
     assert stray == []
 
 
-@pytest.mark.parametrize("name", ["../evil.jpg", "a/b.jpg", "..", "CON", "trailing.", ".gwtmp-x"])
+# backslashes as curl and browsers send them: raw in filename="..." (aiohttp would read them as escapes)
+@pytest.mark.parametrize("name", ["../evil.jpg", "a/b.jpg", "..", "CON", "trailing.", ".gwtmp-x",
+                                  "a\\b.jpg", "C:\\Users\\me\\pic.jpg"])
 async def test_unsafe_names_sent_by_curl_are_400(gw: Gateway, tmp_path: Path, name: str) -> None:
     curl = need("curl")
     job, _ = await new_job(gw)
@@ -514,19 +516,6 @@ async def test_unsafe_names_sent_by_curl_are_400(gw: Gateway, tmp_path: Path, na
     assert '"invalid_parameter"' in text
     check_stored(gw, job, {})
     assert [p for p in gw.storage_root.rglob("*") if p.is_file()] == []
-
-
-@pytest.mark.parametrize("name", ["a\\b.jpg", "C:\\Users\\me\\pic.jpg"])
-async def test_backslash_names_sent_by_curl_are_400(gw: Gateway, tmp_path: Path, name: str) -> None:
-    curl = need("curl")
-    job, _ = await new_job(gw)
-    (tmp_path / "x.jpg").write_bytes(b"evil")
-    done = await run(curl, "-sS", "-F", f"file=@x.jpg;filename={name}", "-w", "\n%{http_code}",
-                     job["upload"]["postUrl"], cwd=tmp_path)
-    text, _, code = done.out.decode().rpartition("\n")
-    assert code == "400", text
-    assert '"invalid_parameter"' in text
-    check_stored(gw, job, {})
 
 
 async def test_a_quote_in_a_name_sent_by_curl_is_stored_as_a_quote(gw: Gateway, tmp_path: Path) -> None:
