@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from gateway.threads import name_this_thread
+
 log = logging.getLogger("gateway.db")
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
@@ -244,6 +246,7 @@ class Writer:
                 self._thread.join()
 
     def _run(self) -> None:
+        name_this_thread()
         try:
             db = open_db(self.path)
         except BaseException as e:
@@ -278,17 +281,22 @@ class Writer:
             for fn, args, waiter in batch:
                 if not waiter.set_running_or_notify_cancel():
                     continue
+                conn = db.conn
                 try:
                     if alone:
                         result = fn(db, *args)
                     else:
-                        with db.atomic():
-                            result = fn(db, *args)
+                        # one fixed savepoint name: its two statements stay in sqlite3's statement cache
+                        conn.execute("SAVEPOINT writer_call")
+                        result = fn(db, *args)
+                        conn.execute("RELEASE writer_call")
                     done.append((waiter, result, None))
                 except Exception as e:
                     done.append((waiter, None, e))
-                    if alone and db.conn.in_transaction:
-                        db.execute("ROLLBACK")  # undo what it wrote before failing
+                    if conn.in_transaction:  # undo what it wrote before failing
+                        conn.execute("ROLLBACK" if alone else "ROLLBACK TO writer_call")
+                        if not alone:
+                            conn.execute("RELEASE writer_call")
                     if not db.conn.in_transaction:
                         # the error ended the whole transaction (a disk or I/O error, a ROLLBACK
                         # trigger): what ran before it in this batch is gone too

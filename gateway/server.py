@@ -11,7 +11,6 @@ import ssl
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import TextIO
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -21,46 +20,22 @@ from gateway.api.app import background, create_app
 from gateway.api.keys import ADDRESSES, CONFIG, GUARD, HASHERS, LIFECYCLE, STORAGE, WRITER, Addresses
 from gateway.config import Config
 from gateway.ftp.service import FtpService
+from gateway.logbuf import LineLog
 
 log = logging.getLogger("gateway")
 SWEEP_EVERY = 60.0
 FTP_SERVICE = web.AppKey("ftp_service", FtpService)
+LINE_LOG = web.AppKey("line_log", LineLog)
 
 
-class AccessLog:
-    """Access log lines gathered on the loop and written out a few times a second: one write instead of
-    a logging record and a syscall per request (they cost as much as a small request itself)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.lines: list[str] = []
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        if len(self.lines) >= 1024:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.lines:
-            text, self.lines = "".join(self.lines), []
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass  # a closed or broken stderr must not break requests
-
-
-def access_logger_class(sink: AccessLog) -> type[AbstractAccessLogger]:
+def access_logger_class(sink: LineLog) -> type[AbstractAccessLogger]:
     """A per-app access logger: method, path, status, size and time; never the query string (it
     carries tokens and keys)."""
 
     class GatewayAccessLogger(AbstractAccessLogger):
         def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
-            now = time.time()
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-            sink.add(f"{stamp},{int(now % 1 * 1000):03d} INFO aiohttp.access: {request.remote} "
-                     f'"{request.method} {request.path}" {response.status} {response.body_length} '
-                     f"{time_taken:.3f}s\n")
+            sink.info("aiohttp.access", f'{request.remote} "{request.method} {request.path}" {response.status} '
+                                        f"{response.body_length} {time_taken:.3f}s")
 
         @property
         def enabled(self) -> bool:
@@ -83,6 +58,7 @@ def addresses_for(config: Config, http_port: int, ftp_port: int) -> Addresses:
 def build_app(config: Config, addresses: Addresses, ftp_sock: socket.socket | None) -> web.Application:
     """The API plus the process's background duties: start-up checks, sweeps, the FTP thread."""
     app = create_app(config, addresses)
+    app[LINE_LOG] = LineLog(sys.stderr)
     app.cleanup_ctx.append(_startup_duties)
     if ftp_sock is not None:
         attach_ftp(app, ftp_sock)
@@ -96,7 +72,8 @@ def attach_ftp(app: web.Application, sock: socket.socket) -> None:
     holder: list[FtpService] = []
 
     async def ftp_ctx(app: web.Application) -> AsyncIterator[None]:
-        service = FtpService(app[CONFIG], sock, app[WRITER], app[STORAGE], app[GUARD], app[HASHERS])
+        service = FtpService(app[CONFIG], sock, app[WRITER], app[STORAGE], app[GUARD], app[HASHERS],
+                             lines=app.get(LINE_LOG))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, service.start)
         holder.append(service)
@@ -218,7 +195,7 @@ async def _run(config: Config, app: web.Application, http_sock: socket.socket, c
     # aiohttp's keep-alive timer also runs from the moment a connection opens until its request
     # headers are complete: it is the [http] header_timeout (slow or absent headers are cut off).
     # drain() owns the grace; aiohttp's own shutdown wait only catches what is left after it
-    access = AccessLog(sys.stderr)
+    access = app[LINE_LOG]
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5,
                            keepalive_timeout=config.http.header_timeout,
                            access_log_class=access_logger_class(access), handler_cancellation=True)
@@ -238,7 +215,7 @@ async def _run(config: Config, app: web.Application, http_sock: socket.socket, c
         access.flush()
 
 
-async def _flush_every(access: AccessLog, seconds: float) -> None:
+async def _flush_every(access: LineLog, seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
         access.flush()

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from gateway.errors import InsufficientStorage, InvalidParameter, NotFound, PayloadTooLarge
+from gateway.threads import name_this_thread
 
 KINDS = ("ORIGINAL", "CLIPPED")
 TEMP_PREFIX = ".gwtmp-"
@@ -101,6 +102,7 @@ class Storage:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(os.path.realpath(self.root)))
+        object.__setattr__(self, "_kind_dirs", {})  # (day, job, kind) -> Path: built once, not per command
 
     def job_dir(self, day: str, job_id: int) -> Path:
         if not (len(day) == 8 and day.isdigit()):
@@ -108,15 +110,29 @@ class Storage:
         return self.root / day / str(int(job_id))
 
     def kind_dir(self, day: str, job_id: int, kind: str) -> Path:
-        if kind not in KINDS:
-            raise ValueError(f"bad kind {kind!r}")
-        return self.job_dir(day, job_id) / kind
+        cache: dict[tuple[str, int, str], Path] = self._kind_dirs  # type: ignore[attr-defined]
+        path = cache.get((day, job_id, kind))
+        if path is None:
+            if kind not in KINDS:
+                raise ValueError(f"bad kind {kind!r}")
+            if len(cache) >= 4096:
+                cache.clear()
+            path = cache[(day, job_id, kind)] = self.job_dir(day, job_id) / kind
+        return path
 
     def make_job_dirs(self, day: str, job_id: int) -> None:
-        job = self.job_dir(day, job_id)
-        os.makedirs(job / KINDS[0], exist_ok=True)
-        for kind in KINDS[1:]:
-            os.makedirs(job / kind, exist_ok=True)
+        job = str(self.job_dir(day, job_id))
+        try:
+            os.mkdir(job)  # the day's folder is there but for the first job of a day
+        except FileNotFoundError:
+            os.makedirs(job, exist_ok=True)
+        except FileExistsError:
+            pass
+        for kind in KINDS:
+            try:
+                os.mkdir(f"{job}/{kind}")
+            except FileExistsError:
+                pass
 
     def remove_job(self, day: str, job_id: int) -> None:
         """Remove every file of a job (archiving); the empty kind folders stay."""
@@ -134,8 +150,24 @@ class Storage:
 
     def refuse_links(self, target: Path) -> None:
         """NotFound when any part of target below the root is a symlink (a link planted on disk)."""
-        if os.path.realpath(target) != str(target):
-            raise NotFound("No such file or directory.")
+        path, root = str(target), str(self.root)
+        if not path.startswith(root + "/"):
+            if os.path.realpath(path) != path:
+                raise NotFound("No such file or directory.")
+            return
+        # the root itself is a resolved path: only the names below it need an lstat each (what
+        # os.path.realpath would do for them, without its bookkeeping); a missing name ends the walk
+        current = root
+        for name in path[len(root) + 1:].split("/"):
+            if name in ("", ".", ".."):
+                raise NotFound("No such file or directory.")
+            current = f"{current}/{name}"
+            try:
+                mode = os.lstat(current).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            if stat.S_ISLNK(mode):
+                raise NotFound("No such file or directory.")
 
     def temp_path(self, directory: Path) -> Path:
         return directory / f"{TEMP_PREFIX}{secrets.token_hex(12)}"
@@ -220,6 +252,7 @@ class HashPool:
             t.join()
 
     def _work(self) -> None:
+        name_this_thread()
         while (spool := self._queue.get()) is not None:
             spool._hash_turn(self)
 
@@ -328,8 +361,10 @@ class Spool:
         for cb in callbacks:
             cb(self)
 
-    def when_hashed(self, callback: Callable[[Spool], None]) -> None:
-        """End the bytes; call callback(spool) once all are hashed (from a pool thread, or at once)."""
+    def when_hashed(self, callback: Callable[[Spool], None]) -> bool:
+        """End the bytes. More than INLINE_LIMIT left to hash: callback(spool) runs on a pool thread once
+        all are hashed, and this returns True. Less: this returns False, callback is not called, and
+        digest() in the caller hashes the rest."""
         with self._cond:
             self.closed = self._ended = True
             if not self._scheduled and self.size - self._hashed > self.INLINE_LIMIT:
@@ -337,8 +372,8 @@ class Spool:
                 self._pool.schedule(self)
             if self._scheduled:
                 self._done_callbacks.append(callback)
-                return
-        callback(self)
+                return True
+        return False
 
     def _wait_idle(self) -> None:
         with self._cond:

@@ -33,6 +33,7 @@ from gateway.api.routes import add_routes
 from gateway.config import Config
 from gateway.db import Writer, open_db
 from gateway.storage import HashPool, Storage
+from gateway.threads import name_this_thread
 
 MAX_JSON_BODY = 1 << 20
 
@@ -75,7 +76,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     loop = asyncio.get_running_loop()
     app[STORAGE].root.mkdir(parents=True, exist_ok=True)
-    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gw-work")
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gw-work", initializer=name_this_thread)
     writer = Writer(config.db_path)
     hashers = HashPool(min(2, os.cpu_count() or 1))
     app[HASHERS] = hashers

@@ -201,7 +201,8 @@ def authenticate(request: web.Request, auth: str) -> Principal | None:
 async def read_body(request: web.Request) -> dict[str, Any]:
     """The body as a mapping: a JSON object, or form fields (a repeated field becomes a list)."""
     try:
-        raw = await asyncio.wait_for(request.read(), request.app[CONFIG].http.body_timeout)
+        async with asyncio.timeout(request.app[CONFIG].http.body_timeout):
+            raw = await request.read()
     except TimeoutError:
         raise RequestTimeout() from None
     kind = body_type(request)

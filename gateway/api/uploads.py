@@ -63,7 +63,8 @@ async def _parsed(aw: Awaitable[T]) -> T:
 
 async def _timed(aw: Awaitable[T], timeout: float) -> T:
     try:
-        return await asyncio.wait_for(aw, timeout)
+        async with asyncio.timeout(timeout):  # a timer, not a task per chunk as wait_for makes
+            return await aw
     except TimeoutError:
         raise RequestTimeout(f"No part of the body arrived for {timeout:.0f} s.") from None
 

@@ -75,6 +75,7 @@ class UploadDTPMixin:
                 resp = "426 Connection closed; transfer aborted."
             ch.gw_upload_incomplete(self._gw_failure, resp)
         ch._on_dtp_close()
+        ch.gw_data_closed()
 
 
 def plain_dtp_class(timeout: float) -> type:

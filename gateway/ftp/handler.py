@@ -9,8 +9,10 @@ data channel in data.py, FTPS in tls.py.
 from __future__ import annotations
 
 import calendar
+import datetime
 import logging
 import os
+import stat
 import time
 from collections import deque
 from typing import Any
@@ -28,9 +30,11 @@ from gateway.ftp.service import FtpService
 from gateway.ftp.uploads import UploadsMixin, log_failure
 
 log = logging.getLogger("gateway.ftp")
+_REPLY_LOG = logging.getLogger("pyftpdlib").debug
 MAX_DEFERRED = 64
 MAX_LINE = 2048
-CHECKED_COMMANDS = {"STOR", "APPE", "RETR", "DELE", "RNFR", "RNTO", "MKD", "XMKD", "RMD", "XRMD", "MFMT"}
+# checked against the database every time (MFMT, which clients send after every STOR, within a second)
+CHECKED_COMMANDS = {"STOR", "APPE", "RETR", "DELE", "RNFR", "RNTO", "MKD", "XMKD", "RMD", "XRMD"}
 NAMING_COMMANDS = {"STOR", "APPE", "MKD", "XMKD", "RNTO"}
 
 
@@ -67,7 +71,7 @@ class GatewayHandlerMixin(UploadsMixin):
 
     def respond(self: Any, resp: str, logfun: Any = None) -> None:
         if not self._closed:
-            super().respond(resp, logfun or logging.getLogger("pyftpdlib").debug)  # type: ignore[misc]
+            super().respond(resp, logfun or _REPLY_LOG)  # type: ignore[misc]
 
     def collect_incoming_data(self: Any, data: bytes) -> None:
         if self._gw_overlong:
@@ -245,17 +249,19 @@ class GatewayHandlerMixin(UploadsMixin):
     def ftp_MFMT(self: Any, path: str, timeval: str) -> None:
         """Set a file's time (clients send MFMT after every STOR). The disk changes at once, so the
         session reads its own change; the record follows through the writer without a wait."""
-        try:
-            mtime = calendar.timegm(time.strptime(timeval, "%Y%m%d%H%M%S"))
-        except ValueError:
+        mtime_ns = parse_mfmt_time(timeval)
+        if mtime_ns is None:
             self.respond("501 Invalid time format; expected: YYYYMMDDHHMMSS.")
             return
         node = self._existing_file(path)
-        if not self.fs.isfile(path):
+        try:
+            st = os.lstat(node.real)
+        except FileNotFoundError:
+            raise FilesystemError("No such file") from None
+        if not stat.S_ISREG(st.st_mode):
             raise FilesystemError("Not a file")
-        os.utime(node.real, (mtime, mtime), follow_symlinks=False)
-        fut = self.gw.writer.submit(jobs.record_mtime, node.job_id, node.kind, node.rel,
-                                    os.lstat(node.real).st_mtime_ns)
+        os.utime(node.real, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        fut = self.gw.writer.submit(jobs.record_mtime, node.job_id, node.kind, node.rel, mtime_ns)
         fut.add_done_callback(log_failure)
         self.respond(f"213 Modify={timeval}; {path}.")
 
@@ -287,6 +293,21 @@ class GatewayHandlerMixin(UploadsMixin):
             self.respond("200 MD5")
         else:
             self.respond("501 MD5 is the only hash algorithm supported.")
+
+
+def parse_mfmt_time(timeval: str) -> int | None:
+    """YYYYMMDDHHMMSS[.fraction] (UTC, RFC 3659) as nanoseconds since the epoch; None when invalid."""
+    whole, dot, frac = timeval.partition(".")
+    if len(whole) != 14 or not (whole.isascii() and whole.isdigit()):
+        return None
+    if dot and not (frac.isascii() and frac.isdigit() and 1 <= len(frac) <= 9):
+        return None
+    try:
+        when = datetime.datetime(int(whole[:4]), int(whole[4:6]), int(whole[6:8]), int(whole[8:10]),
+                                 int(whole[10:12]), int(whole[12:]), tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return calendar.timegm(when.utctimetuple()) * 1_000_000_000 + int(frac.ljust(9, "0") if frac else 0)
 
 
 EXTRA_COMMANDS = {

@@ -25,7 +25,9 @@ from pyftpdlib.servers import FTPServer
 from gateway.accounts import LoginGuard
 from gateway.config import Config
 from gateway.db import Writer, open_db
+from gateway.logbuf import LineLog
 from gateway.storage import HashPool, Storage
+from gateway.threads import name_this_thread
 
 log = logging.getLogger("gateway.ftp")
 
@@ -94,8 +96,9 @@ class FtpService:
     """pyftpdlib in one dedicated thread, sharing the process's writer, storage and login guard."""
 
     def __init__(self, config: Config, sock: socket.socket, writer: Writer, storage: Storage,
-                 guard: LoginGuard, hashers: HashPool) -> None:
+                 guard: LoginGuard, hashers: HashPool, lines: LineLog | None = None) -> None:
         self.config = config
+        self.lines = lines  # the process's buffered log for per-transfer lines (None: plain logging)
         self.hashers = hashers
         self.sock = sock
         self.writer = writer
@@ -103,7 +106,8 @@ class FtpService:
         self.guard = guard
         self.address: tuple[str, int] = sock.getsockname()[:2]
         self.db: sqlite_utils.Database  # the FTP thread's own reading connection, opened in the thread
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ftp-login")
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ftp-login",
+                                                              initializer=name_this_thread)
         self.busy_temps: set[Path] = set()  # temp files a running transfer writes (FTP thread only)
         self.stopping = False  # new sessions are answered 421 while running transfers finish
         self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
@@ -116,6 +120,13 @@ class FtpService:
     def start(self) -> None:
         self._thread.start()
         self._ready.result()
+
+    def note(self, message: str) -> None:
+        """A per-transfer log line: buffered when the process has a line log, else through logging."""
+        if self.lines is not None:
+            self.lines.info("gateway.ftp", message)
+        else:
+            log.info("%s", message)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run fn(*args) on the FTP thread, soon."""
@@ -148,6 +159,7 @@ class FtpService:
     def _run(self) -> None:
         from gateway.ftp.handler import make_handler
 
+        name_this_thread()
         ioloop = None
         try:
             self.db = open_db(self.config.db_path)

@@ -41,6 +41,7 @@ class UploadsMixin:
 
     _upload: UploadCtx | None = None  # the STOR of this session, from its 150 until its data ends
     _committing: jobs.Upload | None = None  # its commit, queued on the writer
+    _hashed_now: UploadCtx | None = None  # hashed while its data channel closed: commit right after
 
     def _abandon_pending_upload(self: Any) -> None:
         """A STOR whose bytes never came (ABOR, another STOR, logout, hang-up): its spool goes. The data
@@ -133,7 +134,13 @@ class UploadsMixin:
         if ctx is None:
             return
         self._gw_busy = True
-        ctx.spool.when_hashed(lambda _s: self.gw.call_soon(self._upload_hashed, ctx))  # small files: at once
+        if not ctx.spool.when_hashed(lambda _s: self.gw.call_soon(self._upload_hashed, ctx)):
+            self._hashed_now = ctx  # a small file, hashed already: committed once the data channel is closed
+
+    def gw_data_closed(self: Any) -> None:
+        ctx, self._hashed_now = self._hashed_now, None
+        if ctx is not None:
+            self._upload_hashed(ctx)
 
     def _peer_gone(self: Any) -> bool:
         """The control connection was closed by the client (a killed client also ends its data stream)."""
@@ -182,8 +189,8 @@ class UploadsMixin:
             if done.backup is not None:
                 self.gw.executor.submit(unlink_quiet, done.backup)
             self.gw.busy_temps.discard(ctx.spool.path)
-            log.info("FTP %s %s/%s/%s %d bytes by %s in %.2fs", ctx.cmd, ctx.node.job_id, ctx.node.kind,
-                     ctx.node.rel, ctx.spool.size, self.gw_login.name, time.monotonic() - ctx.started)
+            self.gw.note(f"FTP {ctx.cmd} {ctx.node.job_id}/{ctx.node.kind}/{ctx.node.rel} {ctx.spool.size} bytes "
+                         f"by {self.gw_login.name} in {time.monotonic() - ctx.started:.2f}s")
             self.respond("226 Transfer complete.")
         self._resume()
 
