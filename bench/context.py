@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -137,3 +138,57 @@ def cpu_of(pid: int) -> Iterator[list[float]]:
         yield box
     finally:
         box[0] = server_cpu(pid) - before
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of one process, summed by role: the main thread is 'loop', numbered
+    siblings share a name ('hasher-0' and 'hasher-1' are 'hasher'), unnamed threads are 'other'."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                    raw = fh.read()
+                comm = raw[raw.index("(") + 1:raw.rindex(")")]
+                fields = raw[raw.rindex(")") + 2:].split()
+                seconds = (int(fields[11]) + int(fields[12])) / tick
+                role = "loop" if int(tid) == pid else re.sub(r"[-_]\d+$", "", comm)
+                if int(tid) != pid and role == comm and not re.search(r"[-_]", comm):
+                    role = "other"  # a thread that never named itself carries the process name
+                out[role] = out.get(role, 0.0) + seconds
+    return out
+
+
+@contextlib.contextmanager
+def threads_of(pid: int) -> Iterator[dict[str, float]]:
+    """Each thread role's busy share of the wall time of the block (a role of two threads can pass 1)."""
+    box: dict[str, float] = {}
+    before, t0 = thread_cpu(pid), time.perf_counter()
+    try:
+        yield box
+    finally:
+        wall = max(time.perf_counter() - t0, 1e-9)
+        after = thread_cpu(pid)
+        for role, seconds in after.items():
+            box[role] = (seconds - before.get(role, 0.0)) / wall
+
+
+class ThreadLog:
+    """Per figure, the gateway threads' busy shares over its runs: which one is the bottleneck."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, list[dict[str, float]]] = {}
+
+    def add(self, figure: str, shares: dict[str, float]) -> None:
+        self.data.setdefault(figure, []).append(shares)
+
+    def notes(self) -> list[str]:
+        out = []
+        for figure, runs in self.data.items():
+            roles = {r for shares in runs for r in shares}
+            med = {r: sorted(s.get(r, 0.0) for s in runs)[len(runs) // 2] for r in roles}
+            busy = [f"{r} {v:.0%}" for r, v in sorted(med.items(), key=lambda kv: -kv[1]) if v >= 0.02]
+            out.append(f"{figure}: gateway threads busy (share of the wall time, median of {len(runs)}): "
+                       + ", ".join(busy))
+        return out

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import clients
-from bench.context import Ctx, MiB, cpu_of, slice_file
+from bench.context import Ctx, MiB, ThreadLog, cpu_of, slice_file, threads_of
 from bench.proc import BenchError, PeakRss, Skipped, have, run
 from bench.report import Row, Series, above, at_least, at_most, below
 from bench.servers import FtpTarget, GatewayFtpTarget
@@ -113,6 +113,7 @@ def ftp_big(ctx: Ctx, gw: FtpTarget) -> None:
                 ctx.row(Row(f"FTP {kind} {label} ({c}) vs vsftpd", "MiB/s", series["gateway"], series["vsftpd"],
                             "vsftpd", vs_target, vs_check))
     costs = {"STOR": CostLog(), "RETR": CostLog()}
+    threads = ThreadLog()
     kept: dict[str, str] = {}
     for r in range(s.runs):
         if not enough_time(ctx, 120, "FTP STOR"):
@@ -122,8 +123,10 @@ def ftp_big(ctx: Ctx, gw: FtpTarget) -> None:
                 name = f"big-{c}-{r}.bin"
                 argv = clients.curl_stor(t, src, name, s.client_timeout) if c == "curl" else \
                     clients.lftp_stor(t, src, name)
-                with cpu_of(t.pid) as cpu:
+                with cpu_of(t.pid) as cpu, threads_of(t.pid) as busy:
                     tm = clients.timed_run(argv, s.client_timeout)
+                if t is gw:
+                    threads.add(f"FTP STOR {label} ({c})", busy)
                 _check_size(t, name, s.big)
                 stor[c][t.name].add(s.big / MiB / tm.seconds)
                 costs["STOR"].add(t.name, c, s.big, tm.seconds, cpu[0], tm.client_cpu)
@@ -146,6 +149,8 @@ def ftp_big(ctx: Ctx, gw: FtpTarget) -> None:
     for kind, log in costs.items():
         if log.data and s.big >= 256 * MiB:  # CPU ticks are 10 ms: meaningless for tiny files
             ctx.note(f"FTP {kind} {label}: {log.summary()}")
+    for line in threads.notes() if s.big >= 256 * MiB else []:
+        ctx.note(line)
     hashing = hash_ceiling(ctx)
     for c in tools if s.big >= 256 * MiB else []:
         bare = stor[c]["pyftpdlib"]
@@ -171,12 +176,16 @@ def ftp_parallel(ctx: Ctx, gw: FtpTarget) -> None:
         ctx.row(Row(title + " vs vsftpd", "MiB/s", series["gateway"], series["vsftpd"], "vsftpd"))
     ctx.row(Row(title + ": failed uploads", "count", fails["gateway"], fails["pyftpdlib"], "pyftpdlib", "0",
                 at_most(0), ratio_row=False))
+    threads = ThreadLog()
     for r in range(s.runs):
         if not enough_time(ctx, 60, title):
             break
         for t in rotate([gw, *ctx.ftp], r):
             names = [f"par-{r}-{i:02d}.bin" for i in range(s.clients)]
-            seconds, failed = clients.parallel_stor(t, src, names, s.client_timeout)
+            with threads_of(t.pid) as busy:
+                seconds, failed = clients.parallel_stor(t, src, names, s.client_timeout)
+            if t is gw:
+                threads.add(title, busy)
             for n in names:
                 try:
                     _check_size(t, n, s.client_size)
@@ -186,6 +195,8 @@ def ftp_parallel(ctx: Ctx, gw: FtpTarget) -> None:
             series[t.name].add(s.clients * s.client_size / MiB / seconds)
             fails[t.name].add(failed)
             t.remove(names)
+    for line in threads.notes() if ctx.mode != "smoke" else []:
+        ctx.note(line)
     bad = {k: max(v.values) for k, v in fails.items() if v.values and max(v.values) > 0}
     if bad:
         ctx.note(f"{title}: failed uploads (worst run) {bad}")
@@ -204,18 +215,24 @@ def ftp_small(ctx: Ctx, new_gw_target: Any) -> None:
     ctx.row(Row(title, "files/s", series["gateway"], series["pyftpdlib"], "pyftpdlib", ">= 0.7x", at_least(0.7)))
     if ctx.ftp_ref("vsftpd"):
         ctx.row(Row(title + " vs vsftpd", "files/s", series["gateway"], series["vsftpd"], "vsftpd"))
+    threads = ThreadLog()
     for r in range(s.runs):
         if not enough_time(ctx, 60, title):
             break
         for t in rotate(["gateway", *ctx.ftp], r):
             target: FtpTarget = new_gw_target() if t == "gateway" else t
-            tm = clients.timed_run(clients.lftp_mput(target, folder, "*.bin"), s.client_timeout)
+            with threads_of(target.pid) as busy:
+                tm = clients.timed_run(clients.lftp_mput(target, folder, "*.bin"), s.client_timeout)
+            if t == "gateway":
+                threads.add(title, busy)
             stored = sum(1 for n in names if (target.local_dir / n).is_file())
             if stored != len(names):
                 raise BenchError(f"{target.name}: {stored} of {len(names)} files stored by mput")
             series[target.name].add(len(names) / tm.seconds)
             if not isinstance(target, GatewayFtpTarget):
                 target.remove(names)  # the gateway's files stay in their own job (a new one each run)
+    for line in threads.notes() if ctx.mode != "smoke" else []:
+        ctx.note(line)
 
 
 # ----------------------------------------------------------------------------- 4. HTTP upload
@@ -248,14 +265,17 @@ def http_upload(ctx: Ctx) -> None:
         raise BenchError(f"the probe upload to postUrl answered {status}: {body}")
     target = Path(src.name)
     ftp_view = gw.ftp_target(job)
+    threads = ThreadLog()
     for r in range(s.runs):
         if not enough_time(ctx, 60, "HTTP upload"):
             break
         for who in rotate(["gateway", "aiohttp"], r):
             pid = gw.pid if who == "gateway" else bare.pid
             url = post_url if who == "gateway" else f"{bare.base}/upload"
-            with PeakRss(pid) as peak:
+            with PeakRss(pid) as peak, threads_of(pid) as busy:
                 tm = clients.timed_run(clients.curl_post_file(url, src, s.client_timeout), s.client_timeout)
+            if who == "gateway":
+                threads.add(speed.figure, busy)
             (speed.gateway if who == "gateway" else speed.reference).add(s.big / MiB / tm.seconds)
             (rss.gateway if who == "gateway" else rss.reference).add(peak.peak_mib)
             (growth.gateway if who == "gateway" else growth.reference).add(peak.growth_mib)
@@ -264,6 +284,8 @@ def http_upload(ctx: Ctx) -> None:
                 ftp_view.remove([target.name])
             else:
                 (bare.root / "uploads" / target.name).unlink(missing_ok=True)
+    for line in threads.notes() if s.big >= 256 * MiB else []:
+        ctx.note(line)
 
 
 # ----------------------------------------------------------------------------- 5. zip download
@@ -427,11 +449,15 @@ def post_jobs(ctx: Ctx) -> None:
         for u in urls.values():  # warm-up: connections, caches, the first jobs
             clients.post_load(u, headers, c, 1, ctx.work)
     errors: dict[str, int] = defaultdict(int)
+    threads = ThreadLog()
     for r in range(s.runs):
         if not enough_time(ctx, 30, "POST /jobs"):
             break
         for who in rotate(list(urls), r):
-            load = clients.post_load(urls[who], headers, c, s.load_seconds, ctx.work)
+            with threads_of(gw.pid) as busy:
+                load = clients.post_load(urls[who], headers, c, s.load_seconds, ctx.work)
+            if who == "gateway":
+                threads.add(rps.figure, busy)
             errors[who] += load.errors
             if who == "gateway":
                 rps.gateway.add(load.rps)
@@ -443,6 +469,8 @@ def post_jobs(ctx: Ctx) -> None:
                 p50.reference.add(load.p50_ms)
             else:
                 js.reference.add(load.rps)
+    for line in threads.notes() if ctx.mode != "smoke" else []:
+        ctx.note(line)
     if any(errors.values()):
         ctx.note(f"POST /jobs: failed or non-2xx requests {dict(errors)}")
         if errors["gateway"]:
