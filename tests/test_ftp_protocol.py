@@ -275,6 +275,22 @@ async def test_mfmt_sets_the_time_on_disk_in_listings_and_in_the_record(ftp_gw: 
     assert_records_true(ftp_gw, job)
 
 
+async def test_mfmt_takes_a_fraction_of_a_second_and_refuses_impossible_times(ftp_gw: Gateway) -> None:
+    """RFC 3659 time-val: YYYYMMDDHHMMSS[.sss], in UTC; 501 for what is not a real time."""
+    _, job, p = await new_job(ftp_gw)
+    with ftp_as(ftp_gw, "alice") as f:
+        stor(f, f"{p.original}/a.jpg", b"photo")
+        assert f.sendcmd(f"MFMT 20200229123456.25 {p.original}/a.jpg").startswith("213 Modify=20200229123456.25;")
+        fullwidth = "".join(chr(0xFF10 + int(d)) for d in "20200229123456")  # digits, but not ASCII ones
+        for bad in ("20200230123456", "20201301000000", "20200229246000", "2020022912345", "202002291234567",
+                    "20200229123456.", "20200229123456.1234567890", "2020022912345x", fullwidth):
+            assert refused(f.sendcmd, f"MFMT {bad} {p.original}/a.jpg").startswith("501"), bad
+    await writer_barrier(ftp_gw)
+    expected = calendar.timegm((2020, 2, 29, 12, 34, 56, 0, 0, 0)) * 10**9 + 250_000_000
+    assert (ftp_gw.job_dir(job, "ORIGINAL") / "a.jpg").stat().st_mtime_ns == expected
+    assert records(ftp_gw, job["id"], "ORIGINAL")["a.jpg"]["mtime_ns"] == expected
+
+
 async def test_mdtm_right_after_mfmt_reads_the_new_time(ftp_gw: Gateway) -> None:
     """Even when the writer is busy with other sessions' work, a session reads its own MFMT at once."""
     _, _job, p = await new_job(ftp_gw)
