@@ -185,6 +185,25 @@ async def test_a_stalled_upload_times_out_and_is_kept_for_resume(gateway_factory
     assert (gw.job_dir(job, "ORIGINAL") / "photo.jpg").read_bytes() == data
 
 
+async def test_a_slow_upload_that_keeps_sending_is_not_cut(gateway_factory: GatewayFactory) -> None:
+    """Uploads are read in large pieces (a low-water mark on the socket), yet a client that sends a little
+    within every idle_timeout is making progress: never cut, every byte stored."""
+    gw = await gateway_factory({"ftp.idle_timeout": 0.5}, ftp=True)
+    session, job, p = await new_job(gw)
+    data = payload(12 * 20_000, "trickle")
+    f = ftp_connect(gw.ftp_port, "alice", gw.world.passwords["alice"])
+    try:
+        with f.transfercmd(f"STOR {p.original}/slow.jpg") as conn:
+            for i in range(0, len(data), 20_000):  # 20 kB every 0.25 s: 3 s in all, far under the mark
+                conn.sendall(data[i:i + 20_000])
+                time.sleep(0.25)
+        assert f.voidresp().startswith("226")
+    finally:
+        f.close()
+    assert (gw.job_dir(job, "ORIGINAL") / "slow.jpg").read_bytes() == data
+    assert (await api_files(gw, session, job["id"], "ORIGINAL"))["slow.jpg"]["size"] == len(data)
+
+
 async def test_a_stalled_upload_is_told_why_it_was_cut(gateway_factory: GatewayFactory) -> None:
     gw = await gateway_factory({"ftp.idle_timeout": 0.5}, ftp=True)
     _, job, _ = await new_job(gw)

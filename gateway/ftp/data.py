@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -16,6 +17,8 @@ from gateway.storage import Spool
 
 log = logging.getLogger("gateway.ftp")
 BUFFER = 1 << 20
+LOW_WATER = 512 << 10  # an upload's socket wakes the FTP thread once this much has arrived (or at its end)
+DRAIN_EVERY = 0.1  # ... and what waits under that mark is read at least this often
 _DISCONNECTED = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN}
 
 
@@ -34,6 +37,32 @@ class UploadDTPMixin:
             self.close()
             return
         super().handle_error()  # type: ignore[misc]
+
+    def enable_receiving(self: Any, type: str, cmd: str) -> None:
+        super().enable_receiving(type, cmd)  # type: ignore[misc]
+        if not is_ssl_sock(self.socket):
+            # fewer, larger reads: a rate-limited or small upload no longer wakes the FTP thread (and
+            # takes the GIL from the API) for every segment; the end of the stream and errors still wake
+            # it at once, and what waits below the mark is read before the transfer is judged idle
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, LOW_WATER)
+            except OSError:
+                return
+            self._gw_drain = self.ioloop.call_every(DRAIN_EVERY, self._read_pending)
+
+    def _read_pending(self: Any) -> None:
+        """Read what waits under the low-water mark (a non-blocking recv returns it): a slow client's
+        bytes reach the disk, and its partial upload, within DRAIN_EVERY."""
+        if self.receive and not self._closed:
+            try:
+                self.handle_read()
+            except Exception:
+                self.handle_error()
+
+    def handle_timeout(self: Any) -> None:
+        self._read_pending()  # bytes under the mark are progress too
+        if not self._closed:
+            super().handle_timeout()  # type: ignore[misc]
 
     def recv(self: Any, buffer_size: int) -> bytes | memoryview:
         if is_ssl_sock(self.socket):
@@ -59,6 +88,9 @@ class UploadDTPMixin:
         return memoryview(buf)[:n]  # written out before the next read reuses the buffer
 
     def close(self: Any) -> None:
+        drain = self.__dict__.get("_gw_drain")
+        if drain is not None and not drain.cancelled:
+            drain.cancel()
         spool = self.file_obj
         if self._closed or not self.receive or not isinstance(spool, Spool):
             super().close()  # type: ignore[misc]
