@@ -192,3 +192,18 @@ class ThreadLog:
             out.append(f"{figure}: gateway threads busy (share of the wall time, median of {len(runs)}): "
                        + ", ".join(busy))
         return out
+
+
+@contextlib.contextmanager
+def machine_busy() -> Iterator[list[float]]:
+    """Busy CPU of the whole machine during the block, in cores (2.0: both cores of a 2-core machine)."""
+    def busy() -> float:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+        return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    box = [0.0]
+    before, t0 = busy(), time.perf_counter()
+    try:
+        yield box
+    finally:
+        box[0] = (busy() - before) / max(time.perf_counter() - t0, 1e-9)

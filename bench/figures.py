@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import clients
-from bench.context import Ctx, MiB, ThreadLog, cpu_of, slice_file, threads_of
+from bench.context import Ctx, MiB, ThreadLog, cpu_of, machine_busy, slice_file, threads_of
 from bench.proc import BenchError, PeakRss, Skipped, have, run
 from bench.report import Row, Series, above, at_least, at_most, below
 from bench.servers import FtpTarget, GatewayFtpTarget
@@ -454,10 +454,10 @@ def post_jobs(ctx: Ctx) -> None:
         if not enough_time(ctx, 30, "POST /jobs"):
             break
         for who in rotate(list(urls), r):
-            with threads_of(gw.pid) as busy:
+            with threads_of(gw.pid) as busy, machine_busy() as machine:
                 load = clients.post_load(urls[who], headers, c, s.load_seconds, ctx.work)
             if who == "gateway":
-                threads.add(rps.figure, busy)
+                threads.add(rps.figure, {**busy, "whole machine (of 2 cores)": machine[0]})
             errors[who] += load.errors
             if who == "gateway":
                 rps.gateway.add(load.rps)
@@ -490,6 +490,7 @@ def interference(ctx: Ctx, job_target: FtpTarget) -> None:
     rps = ctx.row(Row(f"POST /jobs while {n} FTP uploads run (context)", "req/s", ref_name="idle"))
     url, headers = f"{gw.base}/jobs", gw.headers()
     done = failed = 0
+    threads = ThreadLog()
     for r in range(s.runs):
         if not enough_time(ctx, 40, "interference"):
             break
@@ -501,10 +502,14 @@ def interference(ctx: Ctx, job_target: FtpTarget) -> None:
                 continue
             with clients.UploadLoad(job_target, src, n, rate) as up:
                 time.sleep(min(1.0, s.load_seconds))  # the uploads are running
-                load = clients.post_load(url, headers, c, s.load_seconds, ctx.work)
+                with threads_of(gw.pid) as busy, machine_busy() as machine:
+                    load = clients.post_load(url, headers, c, s.load_seconds, ctx.work)
+            threads.add(p99.figure, {**busy, "whole machine (of 2 cores)": machine[0]})
             done, failed = done + up.done, failed + up.failed
             p99.gateway.add(load.p99_ms)
             rps.gateway.add(load.rps)
+    for line in threads.notes() if ctx.mode != "smoke" else []:
+        ctx.note(line)
     with contextlib.suppress(BenchError, ftplib.Error, OSError):
         job_target.remove([f"load-{i:02d}.bin" for i in range(n)])
     if failed:
