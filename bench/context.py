@@ -59,6 +59,7 @@ class Ctx:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # reference -> why
+    hash_rate: object = None  # the md5 + crc32 Series, measured once (figures.hash_ceiling)
 
     def row(self, row: Row) -> Row:
         self.rows.append(row)

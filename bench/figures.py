@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ftplib
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -71,7 +72,9 @@ def _check_size(t: FtpTarget, name: str, size: int) -> None:
 
 def hash_ceiling(ctx: Ctx) -> Series:
     """md5 + crc32 of the input in 1 MiB chunks, one thread of this process, with the gateway's own crc32
-    (ISA-L's when installed)."""
+    (ISA-L's when installed). Measured once per run."""
+    if isinstance(ctx.hash_rate, Series):
+        return ctx.hash_rate
     import hashlib
 
     from gateway.storage import crc32
@@ -89,7 +92,30 @@ def hash_ceiling(ctx: Ctx) -> Series:
                 left -= len(chunk)
         series.add(size / MiB / (time.perf_counter() - t0))
     ctx.row(Row("md5 + crc32 in one CPython thread, 1 MiB chunks (context)", "MiB/s", series, ratio_row=False))
+    ctx.hash_rate = series
     return series
+
+
+def cpu_ceiling(ctx: Ctx, what: str, ref_name: str, ref: Series, ref_cores: list[float], target: float,
+                single_stream: bool) -> None:
+    """The best ratio the gateway can reach when it must hash every byte on top of what the reference
+    does: the reference's machine-wide CPU per GiB (clients, kernel and server) plus md5 + crc32 per GiB
+    must fit in the machine's cores; one stream is also hashed by one thread, at most at the hash rate."""
+    hashing = hash_ceiling(ctx)
+    if not (ref.values and ref_cores and hashing.values):
+        return
+    cores = os.cpu_count() or 1
+    rate = ref.median  # MiB/s
+    ref_cpu = statistics.median(ref_cores) / (rate / 1024)  # CPU-s per GiB, machine-wide
+    hash_cpu = 1024 / hashing.median
+    best = cores / (ref_cpu + hash_cpu) * 1024
+    if single_stream:
+        best = min(best, hashing.median)
+    ctx.note(f"{what}: ceiling with hashing: the {ref_name} run kept {statistics.median(ref_cores):.2f} of "
+             f"{cores} cores busy ({ref_cpu:.2f} CPU-s/GiB: clients, kernel and server); md5 + crc32 add "
+             f"{hash_cpu:.2f} CPU-s/GiB ({hashing.median:,.0f} MiB/s on one core)"
+             f"{' and one stream is hashed by one thread' if single_stream else ''}, so the gateway cannot "
+             f"pass about {best:,.0f} MiB/s = {best / rate:.2f}x of the reference (target {target}x)")
 
 
 def ftp_big(ctx: Ctx, gw: FtpTarget) -> None:
@@ -177,15 +203,18 @@ def ftp_parallel(ctx: Ctx, gw: FtpTarget) -> None:
     ctx.row(Row(title + ": failed uploads", "count", fails["gateway"], fails["pyftpdlib"], "pyftpdlib", "0",
                 at_most(0), ratio_row=False))
     threads = ThreadLog()
+    ref_cores: list[float] = []
     for r in range(s.runs):
         if not enough_time(ctx, 60, title):
             break
         for t in rotate([gw, *ctx.ftp], r):
             names = [f"par-{r}-{i:02d}.bin" for i in range(s.clients)]
-            with threads_of(t.pid) as busy:
+            with threads_of(t.pid) as busy, machine_busy() as machine:
                 seconds, failed = clients.parallel_stor(t, src, names, s.client_timeout)
             if t is gw:
                 threads.add(title, busy)
+            elif t.name == "pyftpdlib":
+                ref_cores.append(machine[0])
             for n in names:
                 try:
                     _check_size(t, n, s.client_size)
@@ -197,6 +226,8 @@ def ftp_parallel(ctx: Ctx, gw: FtpTarget) -> None:
             t.remove(names)
     for line in threads.notes() if ctx.mode != "smoke" else []:
         ctx.note(line)
+    if ctx.mode != "smoke":
+        cpu_ceiling(ctx, title, "bare pyftpdlib", series["pyftpdlib"], ref_cores, 0.9, single_stream=False)
     bad = {k: max(v.values) for k, v in fails.items() if v.values and max(v.values) > 0}
     if bad:
         ctx.note(f"{title}: failed uploads (worst run) {bad}")
@@ -266,16 +297,19 @@ def http_upload(ctx: Ctx) -> None:
     target = Path(src.name)
     ftp_view = gw.ftp_target(job)
     threads = ThreadLog()
+    ref_cores: list[float] = []
     for r in range(s.runs):
         if not enough_time(ctx, 60, "HTTP upload"):
             break
         for who in rotate(["gateway", "aiohttp"], r):
             pid = gw.pid if who == "gateway" else bare.pid
             url = post_url if who == "gateway" else f"{bare.base}/upload"
-            with PeakRss(pid) as peak, threads_of(pid) as busy:
+            with PeakRss(pid) as peak, threads_of(pid) as busy, machine_busy() as machine:
                 tm = clients.timed_run(clients.curl_post_file(url, src, s.client_timeout), s.client_timeout)
             if who == "gateway":
                 threads.add(speed.figure, busy)
+            else:
+                ref_cores.append(machine[0])
             (speed.gateway if who == "gateway" else speed.reference).add(s.big / MiB / tm.seconds)
             (rss.gateway if who == "gateway" else rss.reference).add(peak.peak_mib)
             (growth.gateway if who == "gateway" else growth.reference).add(peak.growth_mib)
@@ -286,6 +320,8 @@ def http_upload(ctx: Ctx) -> None:
                 (bare.root / "uploads" / target.name).unlink(missing_ok=True)
     for line in threads.notes() if s.big >= 256 * MiB else []:
         ctx.note(line)
+    if s.big >= 256 * MiB:
+        cpu_ceiling(ctx, speed.figure, "bare aiohttp", speed.reference, ref_cores, 0.8, single_stream=True)
 
 
 # ----------------------------------------------------------------------------- 5. zip download
