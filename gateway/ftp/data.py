@@ -67,9 +67,9 @@ class UploadDTPMixin:
     def recv(self: Any, buffer_size: int) -> bytes | memoryview:
         if is_ssl_sock(self.socket):
             return super().recv(buffer_size)  # type: ignore[misc,no-any-return]
-        buf = self.__dict__.get("_gw_buf")
-        if buf is None:  # one buffer per data connection: no 1 MiB allocation per read
-            buf = self._gw_buf = bytearray(BUFFER)
+        # one buffer for the FTP thread: every read is written out before the next one (on this same
+        # thread), and a fresh 1 MiB buffer per data connection cost more than a 100 KiB upload itself
+        buf = self.cmd_channel.gw.recv_buffer
         try:
             n = self.socket.recv_into(buf)
         except OSError as e:
@@ -85,7 +85,7 @@ class UploadDTPMixin:
             return b""
         if self._data_wrapper is not None:  # ASCII mode rewrites line ends on bytes
             return bytes(buf[:n])
-        return memoryview(buf)[:n]  # written out before the next read reuses the buffer
+        return memoryview(buf)[:n]  # written out (handle_read) before the next read reuses the buffer
 
     def close(self: Any) -> None:
         drain = self.__dict__.get("_gw_drain")

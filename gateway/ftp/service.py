@@ -30,6 +30,7 @@ from gateway.storage import HashPool, Storage
 from gateway.threads import name_this_thread
 
 log = logging.getLogger("gateway.ftp")
+RECV_BUFFER = 1 << 20
 
 
 class _Waker:
@@ -109,6 +110,7 @@ class FtpService:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ftp-login",
                                                               initializer=name_this_thread)
         self.busy_temps: set[Path] = set()  # temp files a running transfer writes (FTP thread only)
+        self.recv_buffer = bytearray(RECV_BUFFER)  # every plain upload read lands here (FTP thread only)
         self.stopping = False  # new sessions are answered 421 while running transfers finish
         self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
         self._waker: _Waker | None = None
