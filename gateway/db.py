@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import queue
@@ -196,7 +197,29 @@ def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None
             fut.set_exception(err)
 
 
-Waiter = concurrent.futures.Future[Any] | _LoopCaller
+class _Deferred:
+    """The waiter of a deferred call: nobody waits, a failure is logged."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return True
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, result: Any) -> None:
+        pass
+
+    def set_exception(self, err: BaseException) -> None:
+        log.error("deferred database write %s failed: %s", getattr(self.fn, "__qualname__", self.fn), err)
+
+
+_TICK = object()  # queued when deferred work arrives: wakes the writer
+Waiter = concurrent.futures.Future[Any] | _LoopCaller | _Deferred
 Job = tuple[Callable[..., Any], tuple[Any, ...], Waiter]
 
 
@@ -207,10 +230,13 @@ class Writer:
     handed back after COMMIT, so a caller that saw a result knows it is durable.
     """
 
+    DEFER_DELAY = 0.1  # seconds deferred work waits for a batch to join
+
     def __init__(self, path: str | Path, max_batch: int = 256) -> None:
         self.path = Path(path)
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | object | None] = queue.SimpleQueue()
+        self._deferred: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
         self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
         self._ready = concurrent.futures.Future[None]()
         self._closed = False
@@ -238,6 +264,17 @@ class Writer:
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         return self.submit(fn, *args).result()
 
+    def defer(self, fn: Callable[..., Any], *args: Any) -> None:
+        """fn(db, *args) without a caller waiting: it runs at the start of the next batch (before what
+        was submitted after it), at the latest DEFER_DELAY from now. A failure is logged."""
+        if self._closed:
+            log.error("database writer is closed: %s dropped", getattr(fn, "__qualname__", fn))
+            return
+        was_empty = not self._deferred
+        self._deferred.append((fn, args))
+        if was_empty:
+            self._queue.put(_TICK)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -256,6 +293,11 @@ class Writer:
         try:
             while True:
                 first = self._queue.get()
+                if first is _TICK:  # deferred work alone: give it DEFER_DELAY to ride with real work
+                    try:
+                        first = self._queue.get(timeout=self.DEFER_DELAY)
+                    except queue.Empty:
+                        pass
                 batch = [first]
                 while first is not None and len(batch) < self.max_batch:
                     try:
@@ -265,10 +307,14 @@ class Writer:
                     batch.append(item)
                     if item is None:
                         break
-                work = [b for b in batch if b is not None]
-                if work:
-                    self._hand_back(self._run_batch(db, work))
-                if len(work) < len(batch):
+                work: list[Job] = [b for b in batch if isinstance(b, tuple)]
+                deferred: list[Job] = []
+                while self._deferred:  # before anything submitted after them
+                    fn, args = self._deferred.popleft()
+                    deferred.append((fn, args, _Deferred(fn)))
+                if work or deferred:
+                    self._hand_back(self._run_batch(db, [*deferred, *work]))
+                if None in batch:
                     return
         finally:
             db.close()

@@ -429,8 +429,8 @@ def rename_path(db: sqlite_utils.Database, storage: Storage, job_id: int, kind: 
 
 def record_mtime(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str, mtime_ns: int) -> None:
     """MFMT changed a finished file's time: the record follows (the zip is built from recorded times)."""
-    db.execute("update files set mtime_ns = ? where job_id = ? and kind = ? and path = ?",
-               [mtime_ns, job_id, kind, relpath])
+    db.conn.execute("update files set mtime_ns = ? where job_id = ? and kind = ? and path = ?",
+                    [mtime_ns, job_id, kind, relpath])
 
 
 # ----------------------------------------------------------------------------- partial uploads (resume)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,49 @@ def test_open_db_sets_wal_and_foreign_keys_and_migrates_once(tmp_path: Path) -> 
         assert db.execute("select count(*) from _migrations").fetchone()[0] == steps
     finally:
         db.close()
+
+
+# ----------------------------------------------------------------------------- deferred calls
+
+def test_a_deferred_call_is_written_within_the_delay_without_other_work(writer: Writer, db_path: Path) -> None:
+    writer.defer(accounts.create_account, "deferred")
+    deadline = time.monotonic() + writer.DEFER_DELAY + 5
+    while "deferred" not in names_on_disk(db_path):
+        assert time.monotonic() < deadline, "the deferred call never ran"
+        time.sleep(0.01)
+
+
+def test_a_deferred_call_runs_before_anything_submitted_after_it(writer: Writer, db_path: Path) -> None:
+    """MFMT's record then a rename by another session: the rename must see the record first."""
+    gate = Gate()
+    held = writer.submit(gate)
+    assert gate.entered.wait(5)
+    writer.defer(accounts.create_account, "first")
+    later = writer.submit(lambda db: db.execute("select count(*) from accounts where name = 'first'").fetchone()[0])
+    gate.release.set()
+    assert held.result(5) == "gate"
+    assert later.result(5) == 1  # the deferred insert was there when the later call ran
+
+
+def test_a_failing_deferred_call_is_logged_and_harms_no_other_call(writer: Writer, db_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    gate = Gate()
+    held = writer.submit(gate)
+    assert gate.entered.wait(5)
+    writer.defer(insert_then_fail, "undone")
+    after = writer.submit(accounts.create_account, "kept")
+    gate.release.set()
+    held.result(5)
+    after.result(5)
+    assert names_on_disk(db_path) == {"kept"}  # the failing call's own write was rolled back
+    assert "deferred database write insert_then_fail failed" in caplog.text
+
+
+def test_close_writes_what_was_deferred(db_path: Path) -> None:
+    w = Writer(db_path)
+    w.start()
+    w.defer(accounts.create_account, "at close")
+    w.close()
+    assert names_on_disk(db_path) == {"at close"}
+    w.defer(accounts.create_account, "too late")  # after close: dropped with an error, never raised
+    assert names_on_disk(db_path) == {"at close"}

@@ -291,6 +291,19 @@ async def test_mfmt_takes_a_fraction_of_a_second_and_refuses_impossible_times(ft
     assert records(ftp_gw, job["id"], "ORIGINAL")["a.jpg"]["mtime_ns"] == expected
 
 
+async def test_a_rename_right_after_mfmt_keeps_the_new_time_in_the_record(ftp_gw: Gateway) -> None:
+    """MFMT's record rides with the writer's next batch, before any change submitted after it."""
+    _, job, p = await new_job(ftp_gw)
+    with ftp_as(ftp_gw, "alice") as f:
+        stor(f, f"{p.original}/a.jpg", b"photo")
+        assert f.sendcmd(f"MFMT 20200229123456 {p.original}/a.jpg").startswith("213")
+        f.rename(f"{p.original}/a.jpg", f"{p.original}/b.jpg")
+    await writer_barrier(ftp_gw)
+    expected = calendar.timegm((2020, 2, 29, 12, 34, 56, 0, 0, 0)) * 10**9
+    assert records(ftp_gw, job["id"], "ORIGINAL")["b.jpg"]["mtime_ns"] == expected
+    assert_records_true(ftp_gw, job)
+
+
 async def test_mdtm_right_after_mfmt_reads_the_new_time(ftp_gw: Gateway) -> None:
     """Even when the writer is busy with other sessions' work, a session reads its own MFMT at once."""
     _, _job, p = await new_job(ftp_gw)

@@ -312,6 +312,23 @@ async def test_zip_of_clipped_files_checked_by_zipfile_unzip_and_curl(gateway_fa
     assert int(size) == len(r.body) and cpath.read_bytes() == r.body
 
 
+async def test_zip_right_after_mfmt_carries_the_new_time(gateway_factory: GatewayFactory) -> None:
+    """An MFMT's record is written with the writer's next batch: a zip asked for at once waits for it
+    instead of finding the disk newer than the record (409 files_changed)."""
+    gw = await gateway_factory(ftp=True)
+    job, _s, _p = await setup_job(gw, {"original.jpg": blob("orig", 5_000)})
+    folder = f"/{job['createdDate'][:10].replace('-', '')}/{job['id']}/CLIPPED"
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", gw.ftp_port, timeout=10)
+        ftp.login("pat", gw.world.passwords["pat"])
+        ftp.storbinary(f"STOR {folder}/a.png", io.BytesIO(b"clipped"))
+        assert ftp.sendcmd(f"MFMT 20200229123456 {folder}/a.png").startswith("213")
+        r = await get(job["download"]["getUrl"])
+    assert r.status == 200, r
+    with zipfile.ZipFile(io.BytesIO(r.body)) as z:
+        assert z.getinfo("a.png").date_time == (2020, 2, 29, 12, 34, 56)
+
+
 async def test_zip_head_tells_the_length_without_a_body(gw: Gateway) -> None:
     job, _, _ = await setup_job(gw, None, {"a.png": blob("a", 5_000)})
     full = await get(job["download"]["getUrl"])

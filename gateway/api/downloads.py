@@ -14,11 +14,12 @@ import stat
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import sqlite_utils
 from aiohttp import web
 
 from gateway import accounts, jobs
 from gateway.accounts import Principal
-from gateway.api.keys import ADDRESSES, DB, SECRET, STORAGE
+from gateway.api.keys import ADDRESSES, DB, SECRET, STORAGE, WRITER
 from gateway.api.middleware import endpoint, principal
 from gateway.errors import Conflict, Gone, InvalidParameter, NotFound, Unauthorized
 from gateway.zips import FileSlice, StoredZip, ZipEntry
@@ -159,12 +160,17 @@ def _check_recorded(entries: list[tuple[ZipEntry, dict[str, Any]]]) -> None:
                            code="files_changed")
 
 
+def _settled(db: sqlite_utils.Database) -> None:
+    """Nothing: a writer round trip, after which every deferred write is on disk."""
+
+
 @endpoint(kind="storage", auth="none")
 async def download_zip(request: web.Request) -> web.StreamResponse:
     """DownloadZip.ashx?centraljobid=..&sessionID=..[&kind=original]: the job's files as one zip."""
     job, _who = _job_for_token(request, _int_param(request, "centraljobid"), request.query.get("sessionID", ""))
     kind = _kind(request, "CLIPPED") or "CLIPPED"
     storage = request.app[STORAGE]
+    await request.app[WRITER].run(_settled)  # deferred records (an MFMT's time) are written first
     recs = jobs.files_for_zip(request.app[DB], job["id"], kind)
     if not recs:
         raise NotFound(f"This job has no {kind.lower()} files yet.", code=f"no_{kind.lower()}_files")

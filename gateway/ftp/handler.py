@@ -27,7 +27,7 @@ from gateway.ftp.data import UploadDTPMixin, plain_dtp_class
 from gateway.ftp.filesystem import Node, VirtualFS
 from gateway.ftp.replies import FtpRefusal, reply_for
 from gateway.ftp.service import FtpService
-from gateway.ftp.uploads import UploadsMixin, log_failure
+from gateway.ftp.uploads import UploadsMixin
 
 log = logging.getLogger("gateway.ftp")
 _REPLY_LOG = logging.getLogger("pyftpdlib").debug
@@ -261,8 +261,9 @@ class GatewayHandlerMixin(UploadsMixin):
         if not stat.S_ISREG(st.st_mode):
             raise FilesystemError("Not a file")
         os.utime(node.real, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-        fut = self.gw.writer.submit(jobs.record_mtime, node.job_id, node.kind, node.rel, mtime_ns)
-        fut.add_done_callback(log_failure)
+        # the record follows without a transaction of its own: with the writer's next batch (before any
+        # later change, so a rename or a zip check after it sees the new time), at the latest in 0.1 s
+        self.gw.writer.defer(jobs.record_mtime, node.job_id, node.kind, node.rel, mtime_ns)
         self.respond(f"213 Modify={timeval}; {path}.")
 
     def ftp_SITE_CHMOD(self: Any, path: str, mode: str) -> None:
