@@ -90,6 +90,12 @@ class NewJob:
     callback_url: str | None = None
 
 
+_INSERT_JOB = """insert into jobs (account_id, created_by, name, description, invoice_reference, is_test, deadline_id,
+                                   specification_key, tags, callback_url, status, day, created_at, ftp_password_hash)
+                 values (:account_id, :created_by, :name, :description, :invoice_reference, :is_test, :deadline_id,
+                         :specification_key, :tags, :callback_url, :status, :day, :created_at, :ftp_password_hash)"""
+
+
 def create_job(db: sqlite_utils.Database, storage: Storage, who: Principal, new: NewJob,
                ftp_password_hash: str) -> dict[str, Any]:
     """Insert the job and make its ORIGINAL/ and CLIPPED/ folders (both before the caller answers)."""
@@ -100,16 +106,16 @@ def create_job(db: sqlite_utils.Database, storage: Storage, who: Principal, new:
     if new.specification_key is not None and not specification_exists(db, new.specification_key):
         raise InvalidParameter("specificationKey", f"no specification with key {new.specification_key}")
     now = time.time()
-    job = first(db, """insert into jobs (account_id, created_by, name, description, invoice_reference, is_test,
-                                         deadline_id, specification_key, tags, callback_url, status, day,
-                                         created_at, ftp_password_hash)
-                       values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) returning *""",
-                [who.account_id, who.user_id, new.name, new.description, new.invoice_reference, int(new.is_test),
-                 new.deadline_id, new.specification_key, json.dumps(list(new.tags)), new.callback_url, PREPROCESS,
-                 time.strftime("%Y%m%d", time.gmtime(now)), now_iso(now), ftp_password_hash])
-    assert job is not None
-    job["tags"] = json.loads(job["tags"])
-    _event(db, job["id"], PREPROCESS, who.login, job["created_at"])
+    job: dict[str, Any] = {
+        "account_id": who.account_id, "created_by": who.user_id, "name": new.name, "description": new.description,
+        "invoice_reference": new.invoice_reference, "is_test": int(new.is_test), "deadline_id": new.deadline_id,
+        "specification_key": new.specification_key, "tags": json.dumps(list(new.tags)),
+        "callback_url": new.callback_url, "status": PREPROCESS, "day": time.strftime("%Y%m%d", time.gmtime(now)),
+        "created_at": now_iso(now), "ftp_password_hash": ftp_password_hash}
+    # one step of one statement (no RETURNING row to fetch, the first status event comes from trigger
+    # job_created_event): each statement the writer runs hands the GIL back and forth with the loop
+    job["id"] = db.conn.execute(_INSERT_JOB, job).lastrowid
+    job.update(tags=list(new.tags), finished_at=None, archived_at=None)  # the row as `select *` reads it
     storage.make_job_dirs(job["day"], job["id"])
     return job
 

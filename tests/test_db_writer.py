@@ -237,3 +237,29 @@ def test_close_writes_what_was_deferred(db_path: Path) -> None:
     assert names_on_disk(db_path) == {"at close"}
     w.defer(accounts.create_account, "too late")  # after close: dropped with an error, never raised
     assert names_on_disk(db_path) == {"at close"}
+
+
+def test_create_job_returns_the_row_as_stored_with_its_first_status_event(writer: Writer, db_path: Path,
+                                                                          tmp_path: Path) -> None:
+    """create_job builds its answer instead of reading the row back: it must be the row exactly."""
+    from gateway import jobs
+    from gateway.storage import Storage
+
+    def setup(db: sqlite_utils.Database) -> accounts.Principal:
+        acct = accounts.create_account(db, "acme")
+        user = accounts.create_user(db, "alice", "x", "customer", acct["id"])
+        return accounts.Principal(user["id"], "alice", "customer", acct["id"], 1, "key")
+
+    who = writer.call(setup)
+    storage = Storage(tmp_path / "root")
+    new = jobs.NewJob("name", "description", invoice_reference="inv-1", is_test=True, tags=("a", "b"),
+                      callback_url="https://example.com/hook")
+    made = writer.call(jobs.create_job, storage, who, new, "hash")
+    db = open_db(db_path)
+    try:
+        assert made == jobs.get_job(db, made["id"])
+        assert jobs.job_history(db, made["id"]) == [{"status": jobs.PREPROCESS, "at": made["created_at"],
+                                                     "actor": "alice"}]
+    finally:
+        db.close()
+    assert all(storage.kind_dir(made["day"], made["id"], k).is_dir() for k in ("ORIGINAL", "CLIPPED"))
