@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -129,6 +130,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response(body, status=500)
 
 
+@functools.lru_cache(maxsize=256)  # clients send the same few Accept headers over and over
 def accepts_json(accept: str | None) -> bool:
     """True when Accept names application/json explicitly with q > 0 (wildcards do not count)."""
     if not accept:
@@ -200,11 +202,14 @@ def authenticate(request: web.Request, auth: str) -> Principal | None:
 
 async def read_body(request: web.Request) -> dict[str, Any]:
     """The body as a mapping: a JSON object, or form fields (a repeated field becomes a list)."""
-    try:
-        async with asyncio.timeout(request.app[CONFIG].http.body_timeout):
-            raw = await request.read()
-    except TimeoutError:
-        raise RequestTimeout() from None
+    if request.content.is_eof():  # the whole body came with the headers (the usual small JSON body)
+        raw = await request.read()
+    else:
+        try:
+            async with asyncio.timeout(request.app[CONFIG].http.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            raise RequestTimeout() from None
     kind = body_type(request)
     try:
         text = raw.decode("utf-8")
