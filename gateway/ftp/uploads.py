@@ -181,8 +181,8 @@ class UploadsMixin:
             self.gw.busy_temps.discard(ctx.spool.path)
             self.gw.writer.submit(jobs.withdraw_upload, self.gw.storage, up, fut.result()).add_done_callback(
                 log_failure)
-            log.info("FTP %s %s/%s/%s: the client left before its 226; kept for resume by %s", ctx.cmd,
-                     ctx.node.job_id, ctx.node.kind, ctx.node.rel, self.gw_login.name)
+            self.gw.note(f"FTP {ctx.cmd} {ctx.node.job_id}/{ctx.node.kind}/{ctx.node.rel}: the client left before "
+                         f"its 226; kept for resume by {self.gw_login.name}")
             return
         else:
             done: jobs.Committed = fut.result()
@@ -231,8 +231,8 @@ class UploadsMixin:
         elif resp and not self._closed:
             self._gw_busy = True
             fut.add_done_callback(lambda f: self.gw.call_soon(self._async_done, f, resp))
-        log.info("FTP %s %s/%s/%s interrupted after %d bytes: kept for resume by %s", ctx.cmd,
-                 ctx.node.job_id, ctx.node.kind, ctx.node.rel, ctx.spool.size, self.gw_login.name)
+        self.gw.note(f"FTP {ctx.cmd} {ctx.node.job_id}/{ctx.node.kind}/{ctx.node.rel} interrupted after "
+                     f"{ctx.spool.size} bytes: kept for resume by {self.gw_login.name}")
 
     def ftp_ABOR(self: Any, line: str) -> None:
         self._aborting = True
