@@ -25,12 +25,12 @@ from pyftpdlib.servers import FTPServer
 from gateway.accounts import LoginGuard
 from gateway.config import Config
 from gateway.db import Writer, open_db
+from gateway.ftp.data import BUFFER
 from gateway.logbuf import LineLog
 from gateway.storage import HashPool, Storage
 from gateway.threads import name_this_thread
 
 log = logging.getLogger("gateway.ftp")
-RECV_BUFFER = 1 << 20
 
 
 class _Waker:
@@ -110,7 +110,7 @@ class FtpService:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ftp-login",
                                                               initializer=name_this_thread)
         self.busy_temps: set[Path] = set()  # temp files a running transfer writes (FTP thread only)
-        self.recv_buffer = bytearray(RECV_BUFFER)  # every plain upload read lands here (FTP thread only)
+        self.recv_buffer = bytearray(BUFFER)  # every plain upload read lands here (FTP thread only)
         self.stopping = False  # new sessions are answered 421 while running transfers finish
         self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
         self._waker: _Waker | None = None
