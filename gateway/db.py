@@ -335,12 +335,12 @@ class Writer:
     def _run_batch(self, db: sqlite_utils.Database, batch: list[Job]) -> list[tuple[Waiter, Any, BaseException | None]]:
         done: list[tuple[Waiter, Any, BaseException | None]] = []
         alone = len(batch) == 1  # nothing to protect from it: no savepoint needed
+        conn = db.conn
         try:
-            db.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             for fn, args, waiter in batch:
                 if not waiter.set_running_or_notify_cancel():
                     continue
-                conn = db.conn
                 try:
                     if alone:
                         result = fn(db, *args)
@@ -356,13 +356,13 @@ class Writer:
                         conn.execute("ROLLBACK" if alone else "ROLLBACK TO writer_call")
                         if not alone:
                             conn.execute("RELEASE writer_call")
-                    if not db.conn.in_transaction:
+                    if not conn.in_transaction:
                         # the error ended the whole transaction (a disk or I/O error, a ROLLBACK
                         # trigger): what ran before it in this batch is gone too
                         lost = sqlite3.OperationalError("rolled back with its batch; nothing was written")
                         done = [(w, None, err or lost) for w, _, err in done]
-                        db.execute("BEGIN IMMEDIATE")
-            db.execute("COMMIT")
+                        conn.execute("BEGIN IMMEDIATE")
+            conn.execute("COMMIT")
         except Exception as e:  # the transaction as a whole failed: nobody's write is durable
             log.exception("database batch failed")
             db.rollback()
