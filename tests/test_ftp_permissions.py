@@ -339,13 +339,19 @@ async def test_processor_reads_originals_and_writes_clipped_until_finished(world
     assert_records_true(world.gw, world.jobs["a1"])
 
 
-async def test_finish_needs_a_clipped_file_delivered_by_ftp(ftp_gw: Gateway) -> None:
-    alice, pat = await ftp_gw.session("alice"), await ftp_gw.session("pat")
-    job = await ftp_gw.create_job(alice)
+async def submitted_job(gw: Gateway) -> tuple[str, dict[str, Any], JobPaths]:
+    """alice's new job with one original stored by FTP, submitted: (pat's session, the job, its paths)."""
+    alice, pat = await gw.session("alice"), await gw.session("pat")
+    job = await gw.create_job(alice)
     p = JobPaths.of(job)
-    with ftp_as(ftp_gw, "alice") as f:
+    with ftp_as(gw, "alice") as f:
         stor(f, f"{p.original}/photo.jpg", b"photo")
-    assert (await ftp_gw.call("POST", f"/jobs/{job['id']}/submit", session=alice)).status == 200
+    assert (await gw.call("POST", f"/jobs/{job['id']}/submit", session=alice)).status == 200
+    return pat, job, p
+
+
+async def test_finish_needs_a_clipped_file_delivered_by_ftp(ftp_gw: Gateway) -> None:
+    pat, job, p = await submitted_job(ftp_gw)
     r = await ftp_gw.call("POST", f"/jobs/{job['id']}/finish", session=pat)
     assert r.status == 409 and r.json()["code"] == "no_clipped_files", r
     with ftp_as(ftp_gw, "pat") as f:
@@ -405,12 +411,7 @@ async def test_an_archived_job_answers_job_archived(world: World, who: str) -> N
 
 
 async def test_an_archived_job_alone_in_its_day_answers_job_archived(ftp_gw: Gateway) -> None:
-    alice, pat = await ftp_gw.session("alice"), await ftp_gw.session("pat")
-    job = await ftp_gw.create_job(alice)
-    p = JobPaths.of(job)
-    with ftp_as(ftp_gw, "alice") as f:
-        stor(f, f"{p.original}/photo.jpg", b"photo")
-    assert (await ftp_gw.call("POST", f"/jobs/{job['id']}/submit", session=alice)).status == 200
+    pat, job, p = await submitted_job(ftp_gw)
     with ftp_as(ftp_gw, "pat") as f:
         stor(f, f"{p.clipped}/photo.png", b"clipped")
     assert (await ftp_gw.call("POST", f"/jobs/{job['id']}/finish", session=pat)).status == 200
