@@ -188,6 +188,16 @@ def m004_job_created_event(db: sqlite_utils.Database) -> None:
                   end""")
 
 
+def after_commit(db: sqlite_utils.Database, fn: Callable[[], None]) -> None:
+    """Call fn() once what the calling writer function wrote is committed; never if it is rolled back.
+    Outside the writer (the admin CLI commits when its command ends) fn runs at once."""
+    hooks: list[Callable[[], None]] | None = getattr(db, "_gw_after_commit", None)
+    if hooks is None:
+        fn()
+    else:
+        hooks.append(fn)
+
+
 class _LoopCaller:
     """A caller awaiting on an event loop: results go back one wake-up per loop per batch, not one each."""
 
@@ -336,11 +346,14 @@ class Writer:
         done: list[tuple[Waiter, Any, BaseException | None]] = []
         alone = len(batch) == 1  # nothing to protect from it: no savepoint needed
         conn = db.conn
+        hooks: list[Callable[[], None]] = []
+        db._gw_after_commit = hooks  # type: ignore[attr-defined]  # see after_commit
         try:
             conn.execute("BEGIN IMMEDIATE")
             for fn, args, waiter in batch:
                 if not waiter.set_running_or_notify_cancel():
                     continue
+                hooks_before = len(hooks)
                 try:
                     if alone:
                         result = fn(db, *args)
@@ -352,6 +365,7 @@ class Writer:
                     done.append((waiter, result, None))
                 except Exception as e:
                     done.append((waiter, None, e))
+                    del hooks[hooks_before:]
                     if conn.in_transaction:  # undo what it wrote before failing
                         conn.execute("ROLLBACK" if alone else "ROLLBACK TO writer_call")
                         if not alone:
@@ -361,12 +375,20 @@ class Writer:
                         # trigger): what ran before it in this batch is gone too
                         lost = sqlite3.OperationalError("rolled back with its batch; nothing was written")
                         done = [(w, None, err or lost) for w, _, err in done]
+                        hooks.clear()
                         conn.execute("BEGIN IMMEDIATE")
             conn.execute("COMMIT")
         except Exception as e:  # the transaction as a whole failed: nobody's write is durable
             log.exception("database batch failed")
             db.rollback()
             return [(w, None, e) for _, _, w in batch]
+        finally:
+            db._gw_after_commit = None  # type: ignore[attr-defined]
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("after-commit hook %s failed", getattr(hook, "__qualname__", hook))
         return done
 
     @staticmethod

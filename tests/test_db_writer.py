@@ -14,7 +14,7 @@ import pytest
 import sqlite_utils
 
 from gateway import accounts
-from gateway.db import MIGRATIONS, Writer, open_db
+from gateway.db import MIGRATIONS, Writer, after_commit, open_db
 from gateway.errors import Conflict
 
 
@@ -263,3 +263,25 @@ def test_create_job_returns_the_row_as_stored_with_its_first_status_event(writer
     finally:
         db.close()
     assert all(storage.kind_dir(made["day"], made["id"], k).is_dir() for k in ("ORIGINAL", "CLIPPED"))
+
+
+def test_after_commit_runs_once_the_write_is_durable_and_never_for_a_rolled_back_call(writer: Writer,
+                                                                                    db_path: Path) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def visible(name: str) -> bool:  # from another connection: only what was committed
+        with sqlite3.connect(db_path) as other:
+            return other.execute("select count(*) from accounts where name = ?", [name]).fetchone()[0] == 1
+
+    def write(db: sqlite_utils.Database, name: str, fail: bool) -> None:
+        accounts.create_account(db, name)
+        after_commit(db, lambda: seen.append((name, visible(name))))
+        if fail:
+            raise Conflict("refused after writing")
+
+    ok = writer.submit(write, "kept", False)
+    bad = writer.submit(write, "undone", True)
+    ok.result()
+    with pytest.raises(Conflict):
+        bad.result()
+    assert seen == [("kept", True)]
