@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.db import first, now_iso
+from gateway.db import after_commit, first, now_iso
 from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -221,6 +221,7 @@ def set_disabled(db: sqlite_utils.Database, login: str, disabled: bool) -> dict[
     if disabled:
         db.execute("update sessions set ended_at = ? where user_id = ? and ended_at is null",
                    [now_iso(), user["id"]])
+    after_commit(db, LOGINS_CHANGED.bump)
     return public_user({**user, "disabled": int(disabled)})
 
 
@@ -245,6 +246,7 @@ def revoke_client(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
     at = row["revoked_at"] or now_iso()
     db.execute("update clients set revoked_at = ? where id = ?", [at, row["id"]])
     db.execute("update sessions set ended_at = ? where client_id = ? and ended_at is null", [at, row["id"]])
+    after_commit(db, LOGINS_CHANGED.bump)
     return {"id": row["id"], "name": name, "revokedAt": at}
 
 
@@ -286,6 +288,7 @@ def create_session(db: sqlite_utils.Database, user_id: int, client_id: int,
 
 def end_session(db: sqlite_utils.Database, session_id: int) -> None:
     db.execute("update sessions set ended_at = ? where id = ? and ended_at is null", [now_iso(), session_id])
+    after_commit(db, LOGINS_CHANGED.bump)
 
 
 _SESSION_SQL = """
@@ -303,9 +306,13 @@ def _principal(row: dict[str, Any] | None, now: float) -> Principal:
 
 
 def authenticate(db: sqlite_utils.Database, client_token: str, session_token: str) -> Principal:
-    """The principal of a live session opened by this very (live) client, else Unauthorized. One query:
-    it runs on every API call."""
-    h, ch = token_hash(session_token), token_hash(client_token)
+    """The principal of a live session opened by this very (live) client, else Unauthorized (the API
+    goes through SessionCache)."""
+    return _principal(_session_row(db, token_hash(client_token), token_hash(session_token)), time.time())
+
+
+def _session_row(db: sqlite_utils.Database, ch: str, h: str) -> dict[str, Any] | None:
+    """The session with token hash h and its user, if client hash ch is its (unrevoked) client's. One query."""
     row = first(db, """select s.id as session_id, s.token_hash, s.client_id, s.expires_at, s.ended_at,
                               u.id as user_id, u.login, u.role, u.account_id, u.disabled,
                               c.token_hash as client_hash, c.revoked_at
@@ -313,8 +320,63 @@ def authenticate(db: sqlite_utils.Database, client_token: str, session_token: st
                        where s.token_hash = ?""", [h])
     if row is not None and (row["revoked_at"] or not hmac.compare_digest(row["client_hash"], ch)
                             or not hmac.compare_digest(row["token_hash"], h)):
-        row = None
-    return _principal(row, time.time())
+        return None
+    return row
+
+
+class Epoch:
+    """A number that changes after every committed change that can end a login (a disabled user, a
+    revoked client, an ended session, an archived job's FTP user). In this process the writer bumps it
+    after COMMIT (gateway.db.after_commit); the admin CLI, another process, makes the running server
+    bump it before the CLI returns (gateway.notify). Caches of login checks keep an entry only while
+    the epoch they saw before reading the database is still the current one."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def bump(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+LOGINS_CHANGED = Epoch()
+
+
+class SessionCache:
+    """authenticate() without a database read for a session seen within the last `ttl` seconds.
+
+    An entry is dropped when LOGINS_CHANGED moves (every change this process or the admin CLI makes)
+    and is read again after `ttl` at the latest (a change made behind the gateway's back, such as an
+    UPDATE typed into the sqlite3 shell, counts within that time). The session's own expiry is checked
+    on every use. Keys are the tokens' SHA-256 hashes, never the tokens: what a dict lookup's timing
+    could tell is about a hash, from which no token can be made (the row itself is compared with
+    hmac.compare_digest when it is read)."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float = 1.0, epoch: Epoch = LOGINS_CHANGED) -> None:
+        self.ttl, self.epoch = ttl, epoch
+        self._entries: dict[tuple[str, str], tuple[Principal, float, int, float]] = {}
+
+    def authenticate(self, db: sqlite_utils.Database, client_token: str, session_token: str) -> Principal:
+        key = (token_hash(client_token), token_hash(session_token))
+        hit = self._entries.get(key)
+        now = time.time()
+        if hit is not None:
+            who, expires_at, seen, until = hit
+            if seen == self.epoch.value and now < until and now < expires_at:
+                return who
+            del self._entries[key]
+        seen = self.epoch.value  # before the read: a change committed meanwhile voids the entry
+        row = _session_row(db, *key)
+        who = _principal(row, now)
+        if self.ttl > 0:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            assert row is not None
+            self._entries[key] = (who, float(row["expires_at"]), seen, now + self.ttl)
+        return who
 
 
 def download_token(secret: bytes, job_id: int, who: Principal) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway import accounts, jobs
+from gateway import accounts, jobs, notify
 from gateway.config import Config, ConfigError, load_config
 from gateway.db import open_db
 from gateway.errors import GatewayError
@@ -132,5 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, sqlite3.Error, OverflowError, ValueError) as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 1
+    if notify.tell_server(config.db_path) is False:
+        print("gateway: warning: the running server did not confirm the change; it takes effect within "
+              "a second", file=sys.stderr)
     print(json.dumps(result))
     return 0

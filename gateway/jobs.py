@@ -13,8 +13,8 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.accounts import Principal
-from gateway.db import first, now_iso
+from gateway.accounts import LOGINS_CHANGED, Principal
+from gateway.db import after_commit, first, now_iso
 from gateway.errors import Conflict, Forbidden, Gone, InvalidParameter, NotFound
 from gateway.storage import KINDS, Digest, Storage, finished_stat, hash_file, unlink_quiet
 
@@ -228,6 +228,7 @@ def archive_job(db: sqlite_utils.Database, storage: Storage, job_id: int) -> boo
     db.execute("delete from partials where job_id = ?", [job_id])
     _event(db, job_id, ARCHIVED, "retention")
     storage.remove_job(job["day"], job_id)
+    after_commit(db, LOGINS_CHANGED.bump)  # the job's FTP login ends with it
     return True
 
 

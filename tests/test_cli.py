@@ -251,6 +251,7 @@ async def test_a_specification_the_cli_creates_can_be_named_by_a_job(gw: Gateway
 async def test_user_disable_ends_sessions_at_once_and_enable_allows_new_ones(gw: Gateway, cli: Cli) -> None:
     s = await gw.login("alice")
     other = await gw.login("bob")
+    assert (await gw.post_job(s)).status == 201  # the session's check is in the server's cache now
     assert cli("user", "disable", "--login", "alice", config=gw.config_path).obj()["disabled"] is True
     assert_error(await gw.post_job(s), 401, "unauthorized")
     assert_error(await gw.login_reply("alice"), 401)
@@ -274,6 +275,18 @@ async def test_set_password_replaces_the_password(gw: Gateway, cli: Cli) -> None
 async def test_client_revoke_ends_its_sessions(gw: Gateway, cli: Cli) -> None:
     s = await gw.session("alice", client="mobile")
     web = await gw.session("alice")
+    assert (await gw.post_job(s, client=gw.world.clients["mobile"])).status == 201  # cached from here on
     cli("client", "revoke", "mobile", config=gw.config_path).obj()
     assert_error(await gw.post_job(s, client=gw.world.clients["mobile"]), 401)
     assert (await gw.post_job(web)).status == 201
+
+
+async def test_a_disable_by_the_cli_process_holds_for_the_very_next_request(gw: Gateway) -> None:
+    """The real command line in its own process: the server's cached session check must not outlive it."""
+    s = await gw.login("alice")
+    for _ in range(3):
+        assert (await gw.call("GET", "/jobs", session=s)).status == 200
+    run = run_process(gw.config_path, "user", "disable", "--login", "alice")
+    assert run.obj()["disabled"] is True
+    assert "did not confirm" not in run.err, run.err
+    assert_error(await gw.call("GET", "/jobs", session=s), 401, "unauthorized")

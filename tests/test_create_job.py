@@ -195,6 +195,7 @@ async def test_session_opened_by_another_client_is_401(gw: Gateway) -> None:
 
 async def test_disabled_user_is_401_with_a_session_opened_before(gw: Gateway) -> None:
     s = await gw.session("alice")
+    assert (await post(gw, "json", VALID_JOB, s)).status == 201  # the session's check is cached now
     await gw.write(accounts.set_disabled, "alice", True)
     assert_error(await post(gw, "json", VALID_JOB, s), 401, "unauthorized")
 

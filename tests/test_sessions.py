@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import sqlite_utils
 from conftest import JSON, Gateway, GatewayFactory, assert_error, token_bytes
 
-from gateway import accounts
+from gateway import accounts, notify
+from gateway.db import open_db
 from gateway.errors import Unauthorized
 
 
@@ -202,3 +207,96 @@ async def test_download_token_is_scoped_to_its_job(gw: Gateway) -> None:
     for forged in (f"{sid}-{mac[:-1]}{'A' if mac[-1] != 'A' else 'B'}", f"{int(sid) + 1}-{mac}", mac, "", s):
         with pytest.raises(Unauthorized):
             gw.read(accounts.check_download_token, gw.secret, a["id"], forged)
+
+
+# ----------------------------------------------------------------------------- the cache of session checks
+
+def _one_session(tmp_path: Path, lifetime: float = 3600) -> tuple[sqlite_utils.Database, str, str]:
+    """A real database with alice's session opened through client web: (db, client token, session token)."""
+    db = open_db(tmp_path / "cache.db")
+    acct = accounts.create_account(db, "acme")
+    user = accounts.create_user(db, "alice", accounts.hash_password("pw-long-enough"), "customer", acct["id"])
+    client = accounts.create_client(db, "web")
+    accounts.create_client(db, "mobile")
+    session = accounts.create_session(db, user["id"], client["id"], lifetime)
+    return db, client["token"], session["token"]
+
+
+def test_a_cached_session_check_holds_only_until_logins_change(tmp_path: Path) -> None:
+    """What makes the cache safe: every change that can end a login moves LOGINS_CHANGED after its commit
+    (the writer, or the server on the admin CLI's word); an entry seen before that is dropped."""
+    db, client, session = _one_session(tmp_path)
+    cache = accounts.SessionCache(ttl=60)
+    assert cache.authenticate(db, client, session).login == "alice"
+    db.execute("update users set disabled = 1 where login = 'alice'")  # behind the gateway's back
+    assert cache.authenticate(db, client, session).login == "alice"  # not read again yet: cached
+    accounts.LOGINS_CHANGED.bump()
+    with pytest.raises(Unauthorized):
+        cache.authenticate(db, client, session)
+    with pytest.raises(Unauthorized):  # a refusal is never cached
+        cache.authenticate(db, client, session)
+
+
+def test_a_change_behind_the_gateways_back_counts_within_the_ttl(tmp_path: Path) -> None:
+    db, client, session = _one_session(tmp_path)
+    cache = accounts.SessionCache(ttl=0.2)
+    assert cache.authenticate(db, client, session).login == "alice"
+    db.execute("update sessions set ended_at = '2026-01-01T00:00:00Z'")
+    time.sleep(0.25)
+    with pytest.raises(Unauthorized):
+        cache.authenticate(db, client, session)
+
+
+def test_a_cached_session_still_expires_on_time(tmp_path: Path) -> None:
+    db, client, session = _one_session(tmp_path, lifetime=0.3)
+    cache = accounts.SessionCache(ttl=60)
+    assert cache.authenticate(db, client, session).login == "alice"
+    time.sleep(0.35)
+    with pytest.raises(Unauthorized):
+        cache.authenticate(db, client, session)
+
+
+def test_a_cached_session_answers_only_with_its_own_client(tmp_path: Path) -> None:
+    db, client, session = _one_session(tmp_path)
+    mobile = accounts.create_client(db, "tablet")["token"]
+    cache = accounts.SessionCache(ttl=60)
+    assert cache.authenticate(db, client, session).login == "alice"
+    for wrong in (mobile, client + "x", ""):
+        with pytest.raises(Unauthorized):
+            cache.authenticate(db, wrong, session)
+    assert cache.authenticate(db, client, session).login == "alice"
+
+
+def test_the_cache_stays_bounded(tmp_path: Path) -> None:
+    db, client, _ = _one_session(tmp_path)
+    user = accounts.get_user(db, "alice")
+    assert user is not None
+    web_id = db.execute("select id from clients where name = 'web'").fetchone()[0]
+    cache = accounts.SessionCache(ttl=60)
+    cache.MAX_ENTRIES = 5
+    tokens = [accounts.create_session(db, user["id"], web_id, 3600)["token"] for _ in range(12)]
+    for t in tokens:
+        assert cache.authenticate(db, client, t).login == "alice"
+    assert len(cache._entries) <= 5
+    assert all(cache.authenticate(db, client, t).login == "alice" for t in tokens)  # evicted ones are read again
+
+
+async def test_a_disable_written_behind_the_gateways_back_ends_the_session_within_a_second(gw: Gateway) -> None:
+    s = await gw.login("alice")
+    assert (await gw.call("GET", "/jobs", session=s)).status == 200  # cached from here on
+    with sqlite3.connect(gw.db_path) as conn:  # not through the gateway or its CLI: nobody tells the server
+        conn.execute("update users set disabled = 1 where login = 'alice'")
+    changed = time.monotonic()
+    while (await gw.call("GET", "/jobs", session=s)).status == 200:
+        assert time.monotonic() - changed < 1.5, "the disabled user's session still works"
+        await asyncio.sleep(0.05)
+    assert_error(await gw.call("GET", "/jobs", session=s), 401, "unauthorized")
+
+
+async def test_the_cli_returns_only_once_the_running_server_has_heard_it(gw: Gateway, tmp_path: Path) -> None:
+    before = accounts.LOGINS_CHANGED.value
+    assert notify.tell_server(gw.db_path) is True
+    assert accounts.LOGINS_CHANGED.value != before
+    assert notify.tell_server(tmp_path / "no-server-here.db") is None
+    with pytest.raises(OSError):  # a second server on the same database cannot listen (it would not cache)
+        notify.Listener(gw.db_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from gateway.api.keys import (
     HASHERS,
     LIFECYCLE,
     SECRET,
+    SESSIONS,
     STORAGE,
     WRITER,
     Addresses,
@@ -32,10 +34,12 @@ from gateway.api.middleware import cors_middleware, drain_middleware, errors_mid
 from gateway.api.routes import add_routes
 from gateway.config import Config
 from gateway.db import Writer, open_db
+from gateway.notify import Listener
 from gateway.storage import HashPool, Storage
 from gateway.threads import name_this_thread
 
 MAX_JSON_BODY = 1 << 20
+log = logging.getLogger("gateway")
 
 
 def background(loop_fn: Callable[[web.Application], Coroutine[Any, Any, None]]) -> Callable[
@@ -75,6 +79,7 @@ def create_app(config: Config, addresses: Addresses | None = None) -> web.Applic
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     loop = asyncio.get_running_loop()
+    listener: Listener | None = None
     app[STORAGE].root.mkdir(parents=True, exist_ok=True)
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gw-work", initializer=name_this_thread)
     writer = Writer(config.db_path)
@@ -86,8 +91,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[WRITER] = writer
         app[DB] = open_db(config.db_path)
         app[SECRET] = accounts.server_secret(config.secret_path)
+        app[SESSIONS] = accounts.SessionCache()
+        try:
+            listener = Listener(config.db_path)  # the admin CLI's changes reach the cache through it
+            listener.start()
+        except OSError as e:  # another server runs on this database: it would not hear the CLI
+            log.warning("admin notifications unavailable (%s): session checks are not cached", e)
+            app[SESSIONS] = accounts.SessionCache(ttl=0)
+            listener = None
         yield
     finally:
+        if listener is not None:
+            listener.close()
         if DB in app:
             app[DB].close()
         await loop.run_in_executor(None, writer.close)

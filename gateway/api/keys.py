@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import sqlite_utils
 from aiohttp import web
 
-from gateway.accounts import LoginGuard
+from gateway.accounts import LoginGuard, SessionCache
 from gateway.config import Config
 from gateway.db import Writer
 from gateway.storage import HashPool, Storage
@@ -45,3 +45,4 @@ SECRET = web.AppKey("secret", bytes)
 GUARD = web.AppKey("login_guard", LoginGuard)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 HASHERS = web.AppKey("hashers", HashPool)  # shared with the FTP service
+SESSIONS = web.AppKey("sessions", SessionCache)  # the loop's cache of session checks

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway import accounts
 from gateway.accounts import Principal
-from gateway.api.keys import CONFIG, DB, LIFECYCLE
+from gateway.api.keys import CONFIG, DB, LIFECYCLE, SESSIONS
 from gateway.errors import (
     GatewayError,
     InvalidJson,
@@ -192,7 +192,7 @@ def authenticate(request: web.Request, auth: str) -> Principal | None:
     db = request.app[DB]
     if auth == "session":
         assert session_token is not None
-        return accounts.authenticate(db, client_token, session_token)
+        return request.app[SESSIONS].authenticate(db, client_token, session_token)
     client = accounts.find_client(db, client_token)
     if client is None:
         raise Unauthorized("The client token is unknown or revoked.")

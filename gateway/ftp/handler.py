@@ -33,8 +33,6 @@ log = logging.getLogger("gateway.ftp")
 _REPLY_LOG = logging.getLogger("pyftpdlib").debug
 MAX_DEFERRED = 64
 MAX_LINE = 2048
-# checked against the database every time (MFMT, which clients send after every STOR, within a second)
-CHECKED_COMMANDS = {"STOR", "APPE", "RETR", "DELE", "RNFR", "RNTO", "MKD", "XMKD", "RMD", "XRMD"}
 NAMING_COMMANDS = {"STOR", "APPE", "MKD", "XMKD", "RNTO"}
 
 
@@ -48,7 +46,7 @@ class GatewayHandlerMixin(UploadsMixin):
     def __init__(self: Any, conn: Any, server: Any, ioloop: Any = None) -> None:
         self._gw_busy = False
         self._gw_overlong = False
-        self._gw_checked = 0.0
+        self._gw_checked, self._gw_epoch = 0.0, -1  # when and at which LOGINS_CHANGED the login was read
         self._deferred: deque[tuple[str, str, str]] = deque()
         self._aborting = False
         self._upload = None
@@ -91,12 +89,15 @@ class GatewayHandlerMixin(UploadsMixin):
         super().found_terminator()  # type: ignore[misc]
 
     def _login_still_valid(self: Any, cmd: str) -> bool:
-        """A user disabled (or a per-job login's job archived) while connected loses the session: at
-        its next transfer or change, or within a second for anything else."""
+        """A user disabled (or a per-job login's job archived) while connected loses the session at its
+        next command. The database is read again when accounts.LOGINS_CHANGED moved (every such change
+        made by this process or the admin CLI moves it before it is reported done), and at least once a
+        second (a change made behind the gateway's back)."""
         now = time.monotonic()
-        if cmd not in CHECKED_COMMANDS and now - self._gw_checked < 1.0:
+        epoch = accounts.LOGINS_CHANGED.value
+        if epoch == self._gw_epoch and now - self._gw_checked < 1.0:
             return True
-        self._gw_checked = now
+        self._gw_checked, self._gw_epoch = now, epoch  # seen before the read: a change meanwhile moves it
         login = self.gw_login
         if login.role == "job":
             job = jobs.get_job(self.gw.db, login.job_id)

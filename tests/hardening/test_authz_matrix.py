@@ -50,6 +50,7 @@ from helpers_authz import (
     upload_clipped,
     upload_original,
 )
+from helpers_proc import cli
 
 from gateway import accounts
 
@@ -667,6 +668,20 @@ async def test_a_disabled_user_cannot_log_in_over_ftp(ftp_gw: Gateway) -> None:
     await ftp_gw.write(accounts.set_disabled, "carol", True)
     with Ftp(ftp_gw.ftp_port) as ftp:
         assert reply_code(ftp.login("carol", ftp_gw.world.passwords["carol"])) == 530
+
+
+async def test_disabling_a_user_with_the_cli_process_ends_its_ftp_session_at_the_next_command(
+        ftp_gw: Gateway) -> None:
+    c = await ftp_world(ftp_gw)
+    with Ftp(ftp_gw.ftp_port, *c.credentials("colleague")) as ftp:
+        assert reply_code(ftp.stor(c.orig("before.jpg"), b"before")) == 226
+        assert reply_code(ftp.lines("NLST", c.orig())[0]) == 226  # the login was checked just now
+        cli(ftp_gw.config_path, "user", "disable", "--login", "carol")
+        try:
+            reply = ftp.lines("NLST", c.orig())[0]
+        except (OSError, EOFError) as e:
+            reply = f"421 connection closed ({type(e).__name__})"
+    assert reply_code(reply) == 421, reply
 
 
 async def test_disabling_a_user_ends_its_open_ftp_session(ftp_gw: Gateway) -> None:

@@ -278,7 +278,7 @@ async def test_a_non_ascii_content_md5_is_a_mismatch_not_a_crash(gw: Gateway) ->
     assert_error(r, 400, "checksum_mismatch", stored=[])
 
 
-@pytest.mark.parametrize("fn", [accounts.verify_password, accounts.find_client, accounts.authenticate,
+@pytest.mark.parametrize("fn", [accounts.verify_password, accounts.find_client, accounts._session_row,
                                 accounts.check_download_token, authorizer.check_job_password,
                                 uploads.upload_original, uploads._md5_matches],
                          ids=lambda f: f.__qualname__)
