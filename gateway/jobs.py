@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.accounts import LOGINS_CHANGED, Principal
+from gateway.accounts import LOGINS_CHANGED, Epoch, Principal
 from gateway.db import after_commit, first, now_iso
 from gateway.errors import Conflict, Forbidden, Gone, InvalidParameter, NotFound
 from gateway.storage import KINDS, Digest, Storage, finished_stat, hash_file, unlink_quiet
@@ -134,6 +134,38 @@ def get_job(db: sqlite_utils.Database, job_id: int) -> dict[str, Any] | None:
     return row
 
 
+# every committed change of a job's status moves it (after COMMIT); JobCache entries die with it
+JOBS_CHANGED = Epoch()
+
+
+class JobCache:
+    """get_job() for the FTP thread without a database read per command. An entry holds until
+    JOBS_CHANGED moves (a submit, finish or archive committed by this process: no other writes a job's
+    status) and for `ttl` seconds at most (an edit made behind the gateway's back). The rows returned
+    are shared: read them, never change them."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, ttl: float = 1.0, epoch: Epoch | None = None) -> None:
+        self.ttl, self.epoch = ttl, epoch or JOBS_CHANGED
+        self._entries: dict[int, tuple[dict[str, Any], int, float]] = {}
+
+    def get(self, db: sqlite_utils.Database, job_id: int) -> dict[str, Any] | None:
+        now = time.monotonic()
+        hit = self._entries.get(job_id)
+        if hit is not None and hit[1] == self.epoch.value and now < hit[2]:
+            return hit[0]
+        seen = self.epoch.value  # before the read: a change committed meanwhile voids the entry
+        job = get_job(db, job_id)
+        if job is None:
+            self._entries.pop(job_id, None)
+        elif self.ttl > 0:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[job_id] = (job, seen, now + self.ttl)
+        return job
+
+
 def can_see(job: dict[str, Any], who: Principal) -> bool:
     return who.is_processor or job["account_id"] == who.account_id
 
@@ -211,6 +243,7 @@ def _transition(db: sqlite_utils.Database, job: dict[str, Any], source: str, tar
                        status=job["status"])
     db.execute("update jobs set status = ? where id = ?", [target, job["id"]])
     _event(db, job["id"], target, actor)
+    after_commit(db, JOBS_CHANGED.bump)
 
 
 def jobs_due_for_archive(db: sqlite_utils.Database, retention_days: float) -> list[dict[str, Any]]:
@@ -229,6 +262,7 @@ def archive_job(db: sqlite_utils.Database, storage: Storage, job_id: int) -> boo
     _event(db, job_id, ARCHIVED, "retention")
     storage.remove_job(job["day"], job_id)
     after_commit(db, LOGINS_CHANGED.bump)  # the job's FTP login ends with it
+    after_commit(db, JOBS_CHANGED.bump)
     return True
 
 

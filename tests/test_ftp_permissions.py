@@ -7,6 +7,8 @@ each seeded with originals (by their customer) and clipped files (by pat) throug
 from __future__ import annotations
 
 import ftplib
+import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from ftp_helpers import (
 
 from gateway import jobs
 from gateway.api.keys import STORAGE
+from gateway.db import open_db
 
 SEED = b"seed-content"
 KINDS = ("ORIGINAL", "CLIPPED")
@@ -314,6 +317,20 @@ async def test_a_write_refused_mid_session_when_the_job_is_submitted(world: Worl
         f.close()
 
 
+async def test_a_submit_reaches_a_session_that_just_resolved_the_job(world: World) -> None:
+    """The FTP thread keeps job rows between commands; a committed submit drops them, so the refusal
+    comes at the STOR itself, before any byte is sent (not only when the upload is committed)."""
+    p = world.paths("a1")
+    f = ftp_connect(world.gw.ftp_port, *world.creds("customer"))
+    try:
+        assert stor(f, f"{p.original}/before.jpg", b"before").startswith("226")
+        await world.submit("a1")
+        with pytest.raises(ftplib.error_perm, match="frozen once it is submitted"):
+            f.sendcmd(f"STOR {p.original}/after.jpg")  # no data connection was even offered
+    finally:
+        f.close()
+
+
 # ----------------------------------------------------------------------------- processors
 
 async def test_processor_reads_originals_and_writes_clipped_until_finished(world: World) -> None:
@@ -442,3 +459,19 @@ async def test_retention_archives_finished_jobs_and_ftp_follows(gateway_factory:
             assert names(f, p.day_dir) == [str(other["id"])]
             text = refused(retr, f, f"{p.clipped}/photo.png")
             assert text.startswith("550") and "archived" in text, text
+
+
+async def test_the_ftp_threads_job_rows_follow_a_change_behind_the_gateways_back_within_the_ttl(
+        world: World) -> None:
+    job_id = world.jobs["a1"]["id"]
+    db = open_db(world.gw.db_path)
+    try:
+        cache = jobs.JobCache(ttl=0.2)
+        assert cache.get(db, job_id)["status"] == jobs.PREPROCESS  # type: ignore[index]
+        with sqlite3.connect(world.gw.db_path) as conn:  # nobody tells the gateway
+            conn.execute("update jobs set status = ? where id = ?", [jobs.WORK_PROGRESS, job_id])
+        time.sleep(0.25)
+        assert cache.get(db, job_id)["status"] == jobs.WORK_PROGRESS  # type: ignore[index]
+        assert cache.get(db, 10**12) is None
+    finally:
+        db.close()

@@ -84,7 +84,7 @@ class VirtualFS(AbstractedFS):  # type: ignore[misc]
         return self.gw.storage  # type: ignore[no-any-return]
 
     def visible_job(self, job_id: int, day: str | None = None) -> dict[str, Any]:
-        job = jobs.get_job(self.gw.db, job_id)
+        job: dict[str, Any] | None = self.gw.jobs.get(self.gw.db, job_id)
         if job is None or (day is not None and job["day"] != day) or not self.login.may_see(job):
             raise FilesystemError(NOT_FOUND)
         if job["status"] == jobs.ARCHIVED:

@@ -100,7 +100,7 @@ class GatewayHandlerMixin(UploadsMixin):
         self._gw_checked, self._gw_epoch = now, epoch  # seen before the read: a change meanwhile moves it
         login = self.gw_login
         if login.role == "job":
-            job = jobs.get_job(self.gw.db, login.job_id)
+            job = self.gw.jobs.get(self.gw.db, login.job_id)
             return job is not None and job["status"] != jobs.ARCHIVED
         user = accounts.get_user(self.gw.db, login.name)
         return user is not None and not user["disabled"]

@@ -22,6 +22,7 @@ import sqlite_utils
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
+from gateway import jobs
 from gateway.accounts import LoginGuard
 from gateway.config import Config
 from gateway.db import Writer, open_db
@@ -107,6 +108,7 @@ class FtpService:
         self.guard = guard
         self.address: tuple[str, int] = sock.getsockname()[:2]
         self.db: sqlite_utils.Database  # the FTP thread's own reading connection, opened in the thread
+        self.jobs = jobs.JobCache()  # job rows for path resolution (FTP thread only)
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ftp-login",
                                                               initializer=name_this_thread)
         self.busy_temps: set[Path] = set()  # temp files a running transfer writes (FTP thread only)
