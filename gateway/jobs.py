@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from gateway.accounts import LOGINS_CHANGED, Epoch, Principal
-from gateway.db import after_commit, first, now_iso
+from gateway.db import after_commit, first, now_iso, single_statement
 from gateway.errors import Conflict, Forbidden, Gone, InvalidParameter, NotFound
 from gateway.storage import KINDS, Digest, Storage, finished_stat, hash_file, unlink_quiet
 
@@ -370,11 +371,15 @@ def _commit(db: sqlite_utils.Database, storage: Storage, up: Upload, keep_replac
         return Committed(None, None, None)
     check_write(job, up.kind, up.who)
     target = storage.path(job["day"], up.job_id, up.kind, up.relpath)
-    if target.is_dir():
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None  # a new name: no record to keep aside
+    if mode is not None and stat.S_ISDIR(mode):
         raise Conflict("A folder of that name exists.", code="name_conflict")
-    previous = file_record(db, up.job_id, up.kind, up.relpath) if keep_replaced else None
+    previous = file_record(db, up.job_id, up.kind, up.relpath) if keep_replaced and mode is not None else None
     backup = None
-    if previous is not None and target.is_file():
+    if previous is not None and mode is not None and stat.S_ISREG(mode):
         backup = storage.temp_path(target.parent)
         try:
             os.link(target, backup)  # a second name for the old bytes: free, and gone with one unlink
@@ -468,6 +473,7 @@ def rename_path(db: sqlite_utils.Database, storage: Storage, job_id: int, kind: 
                   and substr(path, 1, ?) = ?""", [dst + "/", len(src) + 2, job_id, kind, len(src) + 1, src + "/"])
 
 
+@single_statement
 def record_mtime(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str, mtime_ns: int) -> None:
     """MFMT changed a finished file's time: the record follows (the zip is built from recorded times)."""
     db.conn.execute("update files set mtime_ns = ? where job_id = ? and kind = ? and path = ?",

@@ -267,6 +267,7 @@ class Spool:
     """
 
     INLINE_LIMIT = 1 << 20  # up to this many unhashed bytes at the end are hashed by digest() itself
+    HASH_AS_WRITTEN = 256 << 10  # a file's first bytes up to this are hashed from memory as they come
 
     def __init__(self, path: Path, max_size: int, pool: HashPool, start: int = 0, existing: bool = False) -> None:
         self.path = path
@@ -300,9 +301,16 @@ class Spool:
             raise PayloadTooLarge(f"The file is larger than the limit of {self.max_size} bytes.",
                                   code="file_too_large")
         view = memoryview(data)
+        # a small file (most of a photo shoot's originals) is hashed from the bytes in hand: no second
+        # descriptor, no read back. Only while nothing was handed to the pool (it never is below HASH_STEP).
+        inline = self._hashed == self.size and self.size + n <= self.HASH_AS_WRITTEN and not self._scheduled
         try:
             while view:
                 w = os.pwrite(self._fd, view, self.size)
+                if inline:
+                    self._md5.update(view[:w])
+                    self._crc = crc32(view[:w], self._crc)
+                    self._hashed += w
                 self.size += w
                 view = view[w:]
         except OSError as e:
