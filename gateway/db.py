@@ -188,6 +188,16 @@ def m004_job_created_event(db: sqlite_utils.Database) -> None:
                   end""")
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def single_statement(fn: F) -> F:
+    """Marks a writer function that runs exactly one SQL statement and nothing after it that can fail:
+    SQLite undoes a failed statement by itself, so in a batch it needs no savepoint of its own."""
+    fn.single_statement = True  # type: ignore[attr-defined]
+    return fn
+
+
 def after_commit(db: sqlite_utils.Database, fn: Callable[[], None]) -> None:
     """Call fn() once what the calling writer function wrote is committed; never if it is rolled back.
     Outside the writer (the admin CLI commits when its command ends) fn runs at once."""
@@ -354,8 +364,9 @@ class Writer:
                 if not waiter.set_running_or_notify_cancel():
                     continue
                 hooks_before = len(hooks)
+                bare = alone or getattr(fn, "single_statement", False)  # no savepoint needed
                 try:
-                    if alone:
+                    if bare:
                         result = fn(db, *args)
                     else:
                         # one fixed savepoint name: its two statements stay in sqlite3's statement cache
@@ -366,10 +377,11 @@ class Writer:
                 except Exception as e:
                     done.append((waiter, None, e))
                     del hooks[hooks_before:]
-                    if conn.in_transaction:  # undo what it wrote before failing
-                        conn.execute("ROLLBACK" if alone else "ROLLBACK TO writer_call")
-                        if not alone:
-                            conn.execute("RELEASE writer_call")
+                    if alone and conn.in_transaction:  # undo what it wrote before failing
+                        conn.execute("ROLLBACK")
+                    elif not bare and conn.in_transaction:
+                        conn.execute("ROLLBACK TO writer_call")
+                        conn.execute("RELEASE writer_call")
                     if not conn.in_transaction:
                         # the error ended the whole transaction (a disk or I/O error, a ROLLBACK
                         # trigger): what ran before it in this batch is gone too

@@ -14,7 +14,7 @@ import pytest
 import sqlite_utils
 
 from gateway import accounts
-from gateway.db import MIGRATIONS, Writer, after_commit, open_db
+from gateway.db import MIGRATIONS, Writer, after_commit, open_db, single_statement
 from gateway.errors import Conflict
 
 
@@ -285,3 +285,26 @@ def test_after_commit_runs_once_the_write_is_durable_and_never_for_a_rolled_back
     with pytest.raises(Conflict):
         bad.result()
     assert seen == [("kept", True)]
+
+
+@single_statement
+def insert_account_row(db: sqlite_utils.Database, account_id: str, name: str) -> None:
+    db.execute("insert into accounts (id, name, created_at) values (?, ?, '2026-01-01T00:00:00Z')",
+               [account_id, name])
+
+
+def test_a_failing_single_statement_call_runs_without_a_savepoint_and_harms_nobody(writer: Writer,
+                                                                                   db_path: Path) -> None:
+    gate = Gate()
+    held = writer.submit(gate)
+    assert gate.entered.wait(10)
+    before = writer.submit(accounts.create_account, "before")
+    ok = writer.submit(insert_account_row, "id-1", "single")
+    dup = writer.submit(insert_account_row, "id-1", "duplicate id")  # the same primary key: refused
+    after = writer.submit(accounts.create_account, "after")
+    gate.release.set()
+    assert held.result() == "gate"
+    with pytest.raises(sqlite3.IntegrityError):
+        dup.result()
+    assert before.result()["name"] == "before" and ok.result() is None and after.result()["name"] == "after"
+    assert names_on_disk(db_path) == {"before", "single", "after"}
