@@ -191,10 +191,12 @@ def m004_job_created_event(db: sqlite_utils.Database) -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def single_statement(fn: F) -> F:
-    """Marks a writer function that runs exactly one SQL statement and nothing after it that can fail:
-    SQLite undoes a failed statement by itself, so in a batch it needs no savepoint of its own."""
-    fn.single_statement = True  # type: ignore[attr-defined]
+def self_contained(fn: F) -> F:
+    """Marks a writer function that leaves nothing behind when it fails: one SQL statement (SQLite undoes
+    a failed statement by itself) and nothing after it that can fail, or a function that undoes its own
+    statement before it raises. In a batch it needs no savepoint: two statements fewer, and each
+    statement the writer runs hands the GIL to the API's loop and back."""
+    fn.self_contained = True  # type: ignore[attr-defined]
     return fn
 
 
@@ -364,7 +366,7 @@ class Writer:
                 if not waiter.set_running_or_notify_cancel():
                     continue
                 hooks_before = len(hooks)
-                bare = alone or getattr(fn, "single_statement", False)  # no savepoint needed
+                bare = alone or getattr(fn, "self_contained", False)  # no savepoint needed
                 try:
                     if bare:
                         result = fn(db, *args)

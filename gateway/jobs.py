@@ -15,7 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from gateway.accounts import LOGINS_CHANGED, Epoch, Principal
-from gateway.db import after_commit, first, now_iso, single_statement
+from gateway.db import after_commit, first, now_iso, self_contained
 from gateway.errors import Conflict, Forbidden, Gone, InvalidParameter, NotFound
 from gateway.storage import KINDS, Digest, Storage, finished_stat, hash_file, unlink_quiet
 
@@ -97,6 +97,7 @@ _INSERT_JOB = """insert into jobs (account_id, created_by, name, description, in
                          :specification_key, :tags, :callback_url, :status, :day, :created_at, :ftp_password_hash)"""
 
 
+@self_contained
 def create_job(db: sqlite_utils.Database, storage: Storage, who: Principal, new: NewJob,
                ftp_password_hash: str) -> dict[str, Any]:
     """Insert the job and make its ORIGINAL/ and CLIPPED/ folders (both before the caller answers)."""
@@ -117,7 +118,12 @@ def create_job(db: sqlite_utils.Database, storage: Storage, who: Principal, new:
     # job_created_event): each statement the writer runs hands the GIL back and forth with the loop
     job["id"] = db.conn.execute(_INSERT_JOB, job).lastrowid
     job.update(tags=list(new.tags), finished_at=None, archived_at=None)  # the row as `select *` reads it
-    storage.make_job_dirs(job["day"], job["id"])
+    try:
+        storage.make_job_dirs(job["day"], job["id"])
+    except BaseException:  # no job without its folders; self_contained: undo the insert (and its event)
+        db.conn.execute("delete from job_events where job_id = ?", [job["id"]])
+        db.conn.execute("delete from jobs where id = ?", [job["id"]])
+        raise
     return job
 
 
@@ -473,7 +479,7 @@ def rename_path(db: sqlite_utils.Database, storage: Storage, job_id: int, kind: 
                   and substr(path, 1, ?) = ?""", [dst + "/", len(src) + 2, job_id, kind, len(src) + 1, src + "/"])
 
 
-@single_statement
+@self_contained
 def record_mtime(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str, mtime_ns: int) -> None:
     """MFMT changed a finished file's time: the record follows (the zip is built from recorded times)."""
     db.conn.execute("update files set mtime_ns = ? where job_id = ? and kind = ? and path = ?",

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from gateway import accounts
-from gateway.db import MIGRATIONS, Writer, after_commit, open_db, single_statement
+from gateway import accounts, jobs
+from gateway.db import MIGRATIONS, Writer, after_commit, open_db, self_contained
 from gateway.errors import Conflict
+from gateway.storage import Storage
 
 
 @pytest.fixture
@@ -242,8 +243,6 @@ def test_close_writes_what_was_deferred(db_path: Path) -> None:
 def test_create_job_returns_the_row_as_stored_with_its_first_status_event(writer: Writer, db_path: Path,
                                                                           tmp_path: Path) -> None:
     """create_job builds its answer instead of reading the row back: it must be the row exactly."""
-    from gateway import jobs
-    from gateway.storage import Storage
 
     def setup(db: sqlite_utils.Database) -> accounts.Principal:
         acct = accounts.create_account(db, "acme")
@@ -287,13 +286,13 @@ def test_after_commit_runs_once_the_write_is_durable_and_never_for_a_rolled_back
     assert seen == [("kept", True)]
 
 
-@single_statement
+@self_contained
 def insert_account_row(db: sqlite_utils.Database, account_id: str, name: str) -> None:
     db.execute("insert into accounts (id, name, created_at) values (?, ?, '2026-01-01T00:00:00Z')",
                [account_id, name])
 
 
-def test_a_failing_single_statement_call_runs_without_a_savepoint_and_harms_nobody(writer: Writer,
+def test_a_failing_self_contained_call_runs_without_a_savepoint_and_harms_nobody(writer: Writer,
                                                                                    db_path: Path) -> None:
     gate = Gate()
     held = writer.submit(gate)
@@ -308,3 +307,35 @@ def test_a_failing_single_statement_call_runs_without_a_savepoint_and_harms_nobo
         dup.result()
     assert before.result()["name"] == "before" and ok.result() is None and after.result()["name"] == "after"
     assert names_on_disk(db_path) == {"before", "single", "after"}
+
+
+def test_a_job_whose_folders_cannot_be_made_leaves_no_row_and_harms_its_batch_not(writer: Writer, db_path: Path,
+                                                                                 tmp_path: Path) -> None:
+    """create_job runs without a savepoint (self_contained): it must take its own row back."""
+    def setup(db: sqlite_utils.Database) -> accounts.Principal:
+        acct = accounts.create_account(db, "acme")
+        user = accounts.create_user(db, "alice", "x", "customer", acct["id"])
+        return accounts.Principal(user["id"], "alice", "customer", acct["id"], 1, "key")
+
+    who = writer.call(setup)
+    storage = Storage(tmp_path / "root")
+    new = jobs.NewJob("name", "description", invoice_reference=None, is_test=False, tags=(), callback_url=None)
+    first = writer.call(jobs.create_job, storage, who, new, "hash")
+    blocker = storage.job_dir(first["day"], first["id"] + 1)
+    blocker.write_bytes(b"a file where the next job's folder goes")
+    gate = Gate()
+    held = writer.submit(gate)
+    assert gate.entered.wait(10)
+    failing = writer.submit(jobs.create_job, storage, who, new, "hash")
+    other = writer.submit(accounts.create_account, "same batch")
+    gate.release.set()
+    assert held.result() == "gate"
+    with pytest.raises(OSError):
+        failing.result()
+    assert other.result()["name"] == "same batch"
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("select id from jobs").fetchall() == [(first["id"],)]
+        assert conn.execute("select distinct job_id from job_events").fetchall() == [(first["id"],)]
+    blocker.unlink()
+    again = writer.call(jobs.create_job, storage, who, new, "hash")
+    assert storage.kind_dir(again["day"], again["id"], "ORIGINAL").is_dir()
