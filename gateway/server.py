@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import signal
 import socket
@@ -163,6 +164,16 @@ def tune_malloc() -> None:
     libc.mallopt(m_arena_max, 2)
 
 
+def tune_gc() -> None:
+    """Once the app is up: what exists now (modules, routes, the app) is never scanned again, and the
+    young generation is collected every 20,000 allocations instead of 700. The cyclic collector ran
+    several times per request; make bench --only post-jobs, twice each way: 4,022/3,183 -> 4,360/3,603
+    req/s and p99 24.0/25.9 -> 20.9/24.6 ms. Memory stays flat (make soak)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -200,6 +211,7 @@ async def _run(config: Config, app: web.Application, http_sock: socket.socket, c
                            keepalive_timeout=config.http.header_timeout,
                            access_log_class=access_logger_class(access), handler_cancellation=True)
     await runner.setup()
+    tune_gc()
     flusher = asyncio.create_task(_flush_every(access, 0.5))
     try:
         await web.SockSite(runner, http_sock, ssl_context=ctx).start()
