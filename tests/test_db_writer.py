@@ -240,16 +240,17 @@ def test_close_writes_what_was_deferred(db_path: Path) -> None:
     assert names_on_disk(db_path) == {"at close"}
 
 
+def customer_alice(db: sqlite_utils.Database) -> accounts.Principal:
+    """Account acme and its customer alice, as the principal of a (pretend) session."""
+    acct = accounts.create_account(db, "acme")
+    user = accounts.create_user(db, "alice", "x", "customer", acct["id"])
+    return accounts.Principal(user["id"], "alice", "customer", acct["id"], 1, "key")
+
+
 def test_create_job_returns_the_row_as_stored_with_its_first_status_event(writer: Writer, db_path: Path,
                                                                           tmp_path: Path) -> None:
     """create_job builds its answer instead of reading the row back: it must be the row exactly."""
-
-    def setup(db: sqlite_utils.Database) -> accounts.Principal:
-        acct = accounts.create_account(db, "acme")
-        user = accounts.create_user(db, "alice", "x", "customer", acct["id"])
-        return accounts.Principal(user["id"], "alice", "customer", acct["id"], 1, "key")
-
-    who = writer.call(setup)
+    who = writer.call(customer_alice)
     storage = Storage(tmp_path / "root")
     new = jobs.NewJob("name", "description", invoice_reference="inv-1", is_test=True, tags=("a", "b"),
                       callback_url="https://example.com/hook")
@@ -312,12 +313,7 @@ def test_a_failing_self_contained_call_runs_without_a_savepoint_and_harms_nobody
 def test_a_job_whose_folders_cannot_be_made_leaves_no_row_and_harms_its_batch_not(writer: Writer, db_path: Path,
                                                                                  tmp_path: Path) -> None:
     """create_job runs without a savepoint (self_contained): it must take its own row back."""
-    def setup(db: sqlite_utils.Database) -> accounts.Principal:
-        acct = accounts.create_account(db, "acme")
-        user = accounts.create_user(db, "alice", "x", "customer", acct["id"])
-        return accounts.Principal(user["id"], "alice", "customer", acct["id"], 1, "key")
-
-    who = writer.call(setup)
+    who = writer.call(customer_alice)
     storage = Storage(tmp_path / "root")
     new = jobs.NewJob("name", "description", invoice_reference=None, is_test=False, tags=(), callback_url=None)
     first = writer.call(jobs.create_job, storage, who, new, "hash")
