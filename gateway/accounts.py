@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.db import after_commit, first, now_iso
+from gateway.db import Epoch, EpochCache, after_commit, first, now_iso
 from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -324,22 +324,9 @@ def _session_row(db: sqlite_utils.Database, ch: str, h: str) -> dict[str, Any] |
     return row
 
 
-class Epoch:
-    """A number that changes after every committed change that can end a login (a disabled user, a
-    revoked client, an ended session, an archived job's FTP user). In this process the writer bumps it
-    after COMMIT (gateway.db.after_commit); the admin CLI, another process, makes the running server
-    bump it before the CLI returns (gateway.notify). Caches of login checks keep an entry only while
-    the epoch they saw before reading the database is still the current one."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self._lock = threading.Lock()
-
-    def bump(self) -> None:
-        with self._lock:
-            self.value += 1
-
-
+# bumped after every committed change that can end a login (a disabled user, a revoked client, an
+# ended session, an archived job's FTP user); the admin CLI, another process, makes the running server
+# bump it before the CLI returns (gateway.notify)
 LOGINS_CHANGED = Epoch()
 
 
@@ -347,35 +334,31 @@ class SessionCache:
     """authenticate() without a database read for a session seen within the last `ttl` seconds.
 
     An entry is dropped when LOGINS_CHANGED moves (every change this process or the admin CLI makes)
-    and is read again after `ttl` at the latest (a change made behind the gateway's back, such as an
-    UPDATE typed into the sqlite3 shell, counts within that time). The session's own expiry is checked
+    and is read again after `ttl` at the latest (see EpochCache). The session's own expiry is checked
     on every use. Keys are the tokens' SHA-256 hashes, never the tokens: what a dict lookup's timing
     could tell is about a hash, from which no token can be made (the row itself is compared with
     hmac.compare_digest when it is read)."""
 
     MAX_ENTRIES = 10_000
 
-    def __init__(self, ttl: float = 1.0, epoch: Epoch = LOGINS_CHANGED) -> None:
-        self.ttl, self.epoch = ttl, epoch
-        self._entries: dict[tuple[str, str], tuple[Principal, float, int, float]] = {}
+    def __init__(self, ttl: float = 1.0, max_entries: int = MAX_ENTRIES) -> None:
+        self._cache: EpochCache[tuple[str, str], tuple[Principal, float]] = EpochCache(LOGINS_CHANGED, ttl,
+                                                                                      max_entries)
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def authenticate(self, db: sqlite_utils.Database, client_token: str, session_token: str) -> Principal:
         key = (token_hash(client_token), token_hash(session_token))
-        hit = self._entries.get(key)
+        hit = self._cache.get(key)
         now = time.time()
-        if hit is not None:
-            who, expires_at, seen, until = hit
-            if seen == self.epoch.value and now < until and now < expires_at:
-                return who
-            del self._entries[key]
-        seen = self.epoch.value  # before the read: a change committed meanwhile voids the entry
+        if hit is not None and now < hit[1]:  # hit[1]: the session's expiry
+            return hit[0]
+        seen = self._cache.seen()
         row = _session_row(db, *key)
         who = _principal(row, now)
-        if self.ttl > 0:
-            if len(self._entries) >= self.MAX_ENTRIES:
-                self._entries.clear()
-            assert row is not None
-            self._entries[key] = (who, float(row["expires_at"]), seen, now + self.ttl)
+        assert row is not None
+        self._cache.put(key, (who, float(row["expires_at"])), seen)
         return who
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlite_utils
 
@@ -198,6 +198,58 @@ def self_contained(fn: F) -> F:
     statement the writer runs hands the GIL to the API's loop and back."""
     fn.self_contained = True  # type: ignore[attr-defined]
     return fn
+
+
+class Epoch:
+    """A number bumped after every committed change of some kind (gateway.db.after_commit). A cache of
+    rows of that kind keeps an entry only while the value it saw before reading the database is still
+    the current one (EpochCache)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def bump(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class EpochCache(Generic[K, V]):
+    """Values read from the database, kept until `epoch` moves and for `ttl` seconds at most (a change
+    made behind the gateway's back, such as an UPDATE in the sqlite3 shell, counts within that time).
+    The caller takes `seen()` before its read and hands it to `put()`: a change committed during the
+    read moves the epoch, so that value is never served. At most max_entries are kept."""
+
+    def __init__(self, epoch: Epoch, ttl: float, max_entries: int) -> None:
+        self.epoch, self.ttl, self.max_entries = epoch, ttl, max_entries
+        self._entries: dict[K, tuple[V, int, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        value, seen, until = hit
+        if seen == self.epoch.value and time.monotonic() < until:
+            return value
+        del self._entries[key]
+        return None
+
+    def seen(self) -> int:
+        return self.epoch.value
+
+    def put(self, key: K, value: V, seen: int) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (value, seen, time.monotonic() + self.ttl)
 
 
 def after_commit(db: sqlite_utils.Database, fn: Callable[[], None]) -> None:

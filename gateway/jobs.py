@@ -14,8 +14,8 @@ from typing import Any
 
 import sqlite_utils
 
-from gateway.accounts import LOGINS_CHANGED, Epoch, Principal
-from gateway.db import after_commit, first, now_iso, self_contained
+from gateway.accounts import LOGINS_CHANGED, Principal
+from gateway.db import Epoch, EpochCache, after_commit, first, now_iso, self_contained
 from gateway.errors import Conflict, Forbidden, Gone, InvalidParameter, NotFound
 from gateway.storage import KINDS, Digest, Storage, finished_stat, hash_file, unlink_quiet
 
@@ -148,28 +148,21 @@ JOBS_CHANGED = Epoch()
 class JobCache:
     """get_job() for the FTP thread without a database read per command. An entry holds until
     JOBS_CHANGED moves (a submit, finish or archive committed by this process: no other writes a job's
-    status) and for `ttl` seconds at most (an edit made behind the gateway's back). The rows returned
-    are shared: read them, never change them."""
+    status) and for `ttl` seconds at most (see EpochCache). The rows returned are shared: read them,
+    never change them."""
 
     MAX_ENTRIES = 4096
 
-    def __init__(self, ttl: float = 1.0, epoch: Epoch | None = None) -> None:
-        self.ttl, self.epoch = ttl, epoch or JOBS_CHANGED
-        self._entries: dict[int, tuple[dict[str, Any], int, float]] = {}
+    def __init__(self, ttl: float = 1.0) -> None:
+        self._cache: EpochCache[int, dict[str, Any]] = EpochCache(JOBS_CHANGED, ttl, self.MAX_ENTRIES)
 
     def get(self, db: sqlite_utils.Database, job_id: int) -> dict[str, Any] | None:
-        now = time.monotonic()
-        hit = self._entries.get(job_id)
-        if hit is not None and hit[1] == self.epoch.value and now < hit[2]:
-            return hit[0]
-        seen = self.epoch.value  # before the read: a change committed meanwhile voids the entry
-        job = get_job(db, job_id)
+        job = self._cache.get(job_id)
         if job is None:
-            self._entries.pop(job_id, None)
-        elif self.ttl > 0:
-            if len(self._entries) >= self.MAX_ENTRIES:
-                self._entries.clear()
-            self._entries[job_id] = (job, seen, now + self.ttl)
+            seen = self._cache.seen()
+            job = get_job(db, job_id)
+            if job is not None:
+                self._cache.put(job_id, job, seen)
         return job
 
 

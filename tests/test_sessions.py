@@ -272,12 +272,11 @@ def test_the_cache_stays_bounded(tmp_path: Path) -> None:
     user = accounts.get_user(db, "alice")
     assert user is not None
     web_id = db.execute("select id from clients where name = 'web'").fetchone()[0]
-    cache = accounts.SessionCache(ttl=60)
-    cache.MAX_ENTRIES = 5
+    cache = accounts.SessionCache(ttl=60, max_entries=5)
     tokens = [accounts.create_session(db, user["id"], web_id, 3600)["token"] for _ in range(12)]
     for t in tokens:
         assert cache.authenticate(db, client, t).login == "alice"
-    assert len(cache._entries) <= 5
+    assert len(cache) <= 5
     assert all(cache.authenticate(db, client, t).login == "alice" for t in tokens)  # evicted ones are read again
 
 
