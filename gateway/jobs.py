@@ -405,10 +405,16 @@ def _commit(db: sqlite_utils.Database, storage: Storage, up: Upload, keep_replac
 
 
 def withdraw_upload(db: sqlite_utils.Database, storage: Storage, up: Upload, done: Committed) -> None:
-    """The client vanished before its 226 (a killed client's data stream ends like a finished one): the
-    bytes become that login's partial upload again and the replaced file and record come back."""
+    """The client vanished without reading its 226 (a killed client's data stream ends like a finished
+    one): the bytes become that login's partial upload again and the replaced file and record come back.
+    Unless the name changed since (renamed, deleted or uploaded again): then that change stands."""
     job = get_job(db, up.job_id)
     if job is None or done.record is None:
+        return
+    now = file_record(db, up.job_id, up.kind, up.relpath)
+    if now is None or now["id"] != done.record["id"] or now["uploaded_ns"] != done.record["uploaded_ns"]:
+        if done.backup is not None:
+            unlink_quiet(done.backup)
         return
     target = storage.path(job["day"], up.job_id, up.kind, up.relpath)
     temp = storage.temp_path(target.parent)

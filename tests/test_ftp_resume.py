@@ -4,6 +4,7 @@ reports it to that login, REST+STOR or APPE finish it (ftplib, and curl killed w
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -45,6 +46,7 @@ from ftp_helpers import (
 )
 
 from gateway.api.keys import WRITER
+from gateway.ftp import uploads
 
 SIZE = 1_000_000
 CUT = 400_000
@@ -341,6 +343,83 @@ async def test_a_client_gone_before_its_226_leaves_no_complete_file(ftp_gw: Gate
     assert not (ftp_gw.job_dir(job, "ORIGINAL") / "photo.jpg").exists()
     with ftp_as(ftp_gw, "alice") as f2:
         assert f2.size(f"{p.original}/photo.jpg") == CUT
+
+
+def stor_unread(gw: Gateway, path: str, data: bytes) -> None:
+    """A client that sends a whole file, then hangs up without reading the 226 waiting for it (a client
+    killed at that moment does the same): its TCP resets the connection over the unread reply."""
+    f = ftp_connect(gw.ftp_port, "alice", gw.world.passwords["alice"])
+    try:
+        with f.transfercmd(f"STOR {path}") as conn:
+            conn.sendall(data)
+        ready, _, _ = select.select([f.sock], [], [], 10)
+        assert ready, "no 226 came"
+    finally:
+        f.close()  # unread bytes on the socket: a reset, not a FIN
+
+
+async def test_an_upload_whose_226_was_never_read_is_taken_back(ftp_gw: Gateway) -> None:
+    """However late the control connection ends, a 226 the client never read does not make a finished
+    file: the bytes go back to being the login's partial, and the file they replaced comes back."""
+    _, job, p = await new_job(ftp_gw)
+    old, new = payload(SIZE, "before"), payload(SIZE + 10, "after")
+    with ftp_as(ftp_gw, "alice") as f:
+        stor(f, f"{p.original}/photo.jpg", old)
+    stor_unread(ftp_gw, f"{p.original}/photo.jpg", new)
+    wait_until(lambda: partial_of(ftp_gw, job["id"], "photo.jpg", "alice"), timeout=10,
+               what="the unread upload to be kept as a partial")
+    await writer_barrier(ftp_gw)
+    folder = ftp_gw.job_dir(job, "ORIGINAL")
+    assert (folder / "photo.jpg").read_bytes() == old
+    assert records(ftp_gw, job["id"], "ORIGINAL")["photo.jpg"]["md5"] == md5(old)
+    assert_records_true(ftp_gw, job)
+    kept = partial_of(ftp_gw, job["id"], "photo.jpg", "alice")
+    assert (folder / kept["temp_name"]).read_bytes() == new
+    assert temp_names(folder) == [kept["temp_name"]]  # the old file's second name went with the restore
+    with ftp_as(ftp_gw, "alice") as f:
+        assert f.size(f"{p.original}/photo.jpg") == len(new)  # offered for resume
+
+
+async def test_a_new_upload_whose_226_was_never_read_leaves_no_file(ftp_gw: Gateway) -> None:
+    _, job, p = await new_job(ftp_gw)
+    data = payload(SIZE, "unread")
+    stor_unread(ftp_gw, f"{p.original}/photo.jpg", data)
+    wait_until(lambda: partial_of(ftp_gw, job["id"], "photo.jpg", "alice"), timeout=10,
+               what="the unread upload to be kept as a partial")
+    await writer_barrier(ftp_gw)
+    assert records(ftp_gw, job["id"], "ORIGINAL") == {}
+    assert not (ftp_gw.job_dir(job, "ORIGINAL") / "photo.jpg").exists()
+
+
+@pytest.mark.parametrize("then", ["hang up", "next command", "idle"])
+async def test_a_226_the_client_read_is_final(ftp_gw: Gateway, then: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that read its 226 keeps its file: it hangs up without QUIT (its TCP acknowledged the
+    reply), or sends another command, or stays idle (the 226 counts as read after CONFIRM_AFTER); a reset
+    after either of the last two changes nothing. The replaced file's second name is gone each time.
+    (A reset right after the 226, with no command between, looks like a killed client: see above.)"""
+    monkeypatch.setattr(uploads, "CONFIRM_AFTER", 0.3)
+    _, job, p = await new_job(ftp_gw)
+    old, new = payload(SIZE, "old"), payload(SIZE, "new " + then)
+    folder = ftp_gw.job_dir(job, "ORIGINAL")
+    f = ftp_connect(ftp_gw.ftp_port, "alice", ftp_gw.world.passwords["alice"])
+    try:
+        stor(f, f"{p.original}/photo.jpg", old)
+        f.voidcmd("NOOP")
+        stor(f, f"{p.original}/photo.jpg", new)  # reads the 226
+        if then == "next command":
+            f.voidcmd("NOOP")
+            drop_session(f)
+        elif then == "idle":
+            wait_until(lambda: temp_names(folder) == [], timeout=5, what="the replaced file's second name to go")
+            drop_session(f)
+    finally:
+        f.close()
+    wait_until(lambda: temp_names(folder) == [], timeout=5, what="the replaced file's second name to go")
+    await writer_barrier(ftp_gw)
+    assert (folder / "photo.jpg").read_bytes() == new
+    assert records(ftp_gw, job["id"], "ORIGINAL")["photo.jpg"]["md5"] == md5(new)
+    assert partials(ftp_gw) == []
 
 
 async def test_a_resume_already_running_elsewhere_is_refused(ftp_gw: Gateway) -> None:

@@ -68,6 +68,8 @@ class GatewayHandlerMixin(UploadsMixin):
             self.close_when_done()
 
     def respond(self: Any, resp: str, logfun: Any = None) -> None:
+        if self._unconfirmed is not None:  # the server speaks again (a timeout, a shutdown): it was read
+            self.gw_settle_226()
         if not self._closed:
             super().respond(resp, logfun or _REPLY_LOG)  # type: ignore[misc]
 
@@ -82,6 +84,8 @@ class GatewayHandlerMixin(UploadsMixin):
             self._in_buffer_len, self._gw_overlong = 0, True
 
     def found_terminator(self: Any) -> None:
+        if self._unconfirmed is not None:  # a command after an upload's 226: the client read it
+            self.gw_settle_226()
         if self._gw_overlong:  # one reply per line, even for a line that was too long
             self._in_buffer.clear()
             self._in_buffer_len, self._gw_overlong = 0, False
@@ -147,6 +151,8 @@ class GatewayHandlerMixin(UploadsMixin):
 
     def close(self: Any) -> None:
         if not self._closed:
+            if self._unconfirmed is not None:
+                self.gw_settle_226(closing=True)
             self._abandon_pending_upload()
             if self._committing is not None and self._committing.gone is not None:
                 self._committing.gone.set()  # the commit still queued keeps the bytes as a partial instead

@@ -3,14 +3,26 @@
 STOR, APPE and REST+STOR write to a hidden spool beside the final name; when the client closes the
 data connection the spool's hash catches up, the writer renames it into place and records it, and
 only then is 226 sent. An interrupted upload is kept for the same login to resume; ABOR and refused
-bytes are discarded; a client that left before its 226 gets its commit taken back.
+bytes are discarded; a client that left before it read its 226 gets its commit taken back.
+
+A killed client ends its data stream like a finished one, and its control connection a moment later
+(tens of microseconds on an idle machine, milliseconds on a busy one): no wait before the 226 could
+tell the two apart. What does is the 226 itself: a client that read it either sends another command
+or closes after its TCP acknowledged the reply; a client that never read it (killed, or hung up
+without reading) resets the connection, or closes with the reply unacknowledged. Until one of those
+is seen (or CONFIRM_AFTER passes) the commit stays revocable and the file it replaced is kept aside.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import select
+import socket
+import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +38,8 @@ from gateway.ftp.replies import FtpRefusal, reply_for
 from gateway.storage import Spool, finished_stat, unlink_quiet
 
 log = logging.getLogger("gateway.ftp")
+CONFIRM_AFTER = 5.0  # seconds after a 226 with the session still up: the client is taken to have read it
+_TCP_CLOSE = 7  # tcp_info.tcpi_state of a connection the peer reset
 
 
 @dataclass
@@ -36,12 +50,23 @@ class UploadCtx:
     started: float
 
 
+@dataclass
+class Unconfirmed:
+    """A committed upload whose 226 was sent but not yet seen to be read."""
+
+    ctx: UploadCtx
+    up: jobs.Upload
+    done: jobs.Committed
+    timer: Any
+
+
 class UploadsMixin:
     """STOR/APPE/STOU, ABOR and SIZE for GatewayHandlerMixin (which provides _resume and _gw_busy)."""
 
     _upload: UploadCtx | None = None  # the STOR of this session, from its 150 until its data ends
     _committing: jobs.Upload | None = None  # its commit, queued on the writer
     _hashed_now: UploadCtx | None = None  # hashed while its data channel closed: commit right after
+    _unconfirmed: Unconfirmed | None = None  # its 226 is sent; taken back if the client never read it
 
     def _abandon_pending_upload(self: Any) -> None:
         """A STOR whose bytes never came (ABOR, another STOR, logout, hang-up): its spool goes. The data
@@ -178,21 +203,52 @@ class UploadsMixin:
             self._drop_upload(ctx)
             self.respond(reply_for(exc))
         elif self._peer_gone():  # the control connection ended while this was committed: no 226 seen
-            self.gw.busy_temps.discard(ctx.spool.path)
-            self.gw.writer.submit(jobs.withdraw_upload, self.gw.storage, up, fut.result()).add_done_callback(
-                log_failure)
-            self.gw.note(f"FTP {ctx.cmd} {ctx.node.job_id}/{ctx.node.kind}/{ctx.node.rel}: the client left before "
-                         f"its 226; kept for resume by {self.gw_login.name}")
+            self._withdraw(ctx, up, fut.result())
             return
         else:
             done: jobs.Committed = fut.result()
-            if done.backup is not None:
-                self.gw.executor.submit(unlink_quiet, done.backup)
             self.gw.busy_temps.discard(ctx.spool.path)
             self.gw.note(f"FTP {ctx.cmd} {ctx.node.job_id}/{ctx.node.kind}/{ctx.node.rel} {ctx.spool.size} bytes "
                          f"by {self.gw_login.name} in {time.monotonic() - ctx.started:.2f}s")
             self.respond("226 Transfer complete.")
+            if self._closed:  # the reply could not be sent: the client is gone
+                self._withdraw(ctx, up, done)
+                return
+            self._unconfirmed = Unconfirmed(ctx, up, done, self.ioloop.call_later(CONFIRM_AFTER, self.gw_settle_226))
         self._resume()
+
+    def gw_settle_226(self: Any, closing: bool = False) -> None:
+        """The last upload's 226 was read (the client sent a command, or CONFIRM_AFTER passed with the
+        session up, or the server speaks again): the upload is final. When the session is closing, the
+        socket says whether it was read: a reset, or a reply the client's TCP never acknowledged, means
+        the client never saw it, and the upload goes back to being its partial."""
+        u, self._unconfirmed = self._unconfirmed, None
+        if u is None:
+            return
+        if not u.timer.cancelled:
+            u.timer.cancel()
+        if closing and self._reply_unread():
+            self._withdraw(u.ctx, u.up, u.done)
+        elif u.done.backup is not None:
+            self.gw.executor.submit(unlink_quiet, u.done.backup)
+
+    def _reply_unread(self: Any) -> bool:
+        """Whether the client closing this control connection left our last reply unread."""
+        try:
+            sock = self.socket
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or \
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE:
+                return True  # reset
+            unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError as e:
+            return e.errno in (errno.ECONNRESET, errno.EPIPE)
+        return bool(unacked > 0)
+
+    def _withdraw(self: Any, ctx: UploadCtx, up: jobs.Upload, done: jobs.Committed) -> None:
+        self.gw.busy_temps.discard(ctx.spool.path)
+        self.gw.writer.submit(jobs.withdraw_upload, self.gw.storage, up, done).add_done_callback(log_failure)
+        self.gw.note(f"FTP {ctx.cmd} {ctx.node.job_id}/{ctx.node.kind}/{ctx.node.rel}: the client left without "
+                     f"reading its 226; kept for resume by {self.gw_login.name}")
 
     def gw_upload_incomplete(self: Any, failure: BaseException | None, resp: str | None) -> None:
         """ABOR and refused bytes are discarded; a dropped or timed-out transfer is kept to resume."""
