@@ -39,11 +39,13 @@ def first(db: sqlite_utils.Database, sql: str, params: Any = ()) -> dict[str, An
         cur.close()
 
 
-def open_db(path: str | Path) -> sqlite_utils.Database:
-    """One connection for the calling thread: WAL, busy_timeout, foreign keys, schema up to date."""
+def open_db(path: str | Path, *, shared: bool = False) -> sqlite_utils.Database:
+    """One connection for the calling thread (shared: for threads that take turns under a lock): WAL,
+    busy_timeout, foreign keys, schema up to date."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn = sqlite3.connect(str(p), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=not shared)
     db = sqlite_utils.Database(conn)
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     db.execute("PRAGMA foreign_keys = ON")
@@ -306,18 +308,28 @@ class _Deferred:
 
 
 _TICK = object()  # queued when deferred work arrives: wakes the writer
+_CHECKPOINT = object()  # queued after calls ran on their callers' threads: the WAL is checkpointed here
 Waiter = concurrent.futures.Future[Any] | _LoopCaller | _Deferred
 Job = tuple[Callable[..., Any], tuple[Any, ...], Waiter]
 
 
 class Writer:
-    """The one thread that writes: callers submit fn(db, *args); a batch shares one transaction.
+    """The one connection that writes: callers submit fn(db, *args); a batch shares one transaction.
 
     Each call runs in its own savepoint, so one failing call rolls back only itself; results are
     handed back after COMMIT, so a caller that saw a result knows it is durable.
+
+    Calls normally run on the writer's thread, batched. A short call marked now=True runs on its
+    caller's thread instead when the writer has nothing in hand (nothing queued, nothing running):
+    the same transaction and guarantees, without two thread hand-offs (about 70 us each on these VMs,
+    plus the GIL changing hands around every statement). Under load the writer is busy, so such calls
+    queue and batch like any other. The connection is only ever used under _busy. The WAL is
+    checkpointed on the writer's thread only (automatic checkpoints are off), so a caller's thread
+    never waits for a checkpoint's fsync.
     """
 
     DEFER_DELAY = 0.1  # seconds deferred work waits for a batch to join
+    CHECKPOINT_EVERY = 200  # commits between checkpoints (SQLite's automatic one: every 1,000 WAL pages)
 
     def __init__(self, path: str | Path, max_batch: int = 256) -> None:
         self.path = Path(path)
@@ -327,17 +339,31 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
         self._ready = concurrent.futures.Future[None]()
         self._closed = False
+        self._db: sqlite_utils.Database | None = None
+        self._busy = threading.Lock()  # whoever holds it owns the connection
+        self._count = threading.Lock()
+        self._pending = 0  # calls queued or running on the writer's thread
+        self._commits = 0  # since the last checkpoint
+        self._checkpoint_asked = False
 
     def start(self) -> None:
         self._thread.start()
         self._ready.result()  # re-raises a failure to open the database
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+    def _enqueue(self, job: Job) -> None:
+        with self._count:
+            self._pending += 1
+        self._queue.put(job)
+
+    def submit(self, fn: Callable[..., T], *args: Any, now: bool = False) -> concurrent.futures.Future[T]:
+        """fn(db, *args) on the writer; now=True: on this thread if the writer is idle (the future is
+        then already resolved when this returns)."""
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._closed:
             fut.set_exception(RuntimeError("database writer is closed"))
             return fut
-        self._queue.put((fn, args, fut))
+        if not (now and self._run_here(fn, args, fut)):
+            self._enqueue((fn, args, fut))
         return fut
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -345,8 +371,37 @@ class Writer:
             raise RuntimeError("database writer is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, args, _LoopCaller(loop, fut)))
+        self._enqueue((fn, args, _LoopCaller(loop, fut)))
         return await fut
+
+    def _run_here(self, fn: Callable[..., Any], args: tuple[Any, ...], fut: concurrent.futures.Future[Any]) -> bool:
+        """Run the call on this thread, deferred calls first, if the writer has nothing in hand."""
+        db = self._db
+        if db is None or not self._busy.acquire(blocking=False):
+            return False
+        try:
+            if self._pending or self._closed:  # earlier calls are queued or running: keep their order
+                return False
+            done = self._run_batch(db, [*self._take_deferred(), (fn, args, fut)])
+            self._commits += 1
+            checkpoint = self._commits >= self.CHECKPOINT_EVERY and not self._checkpoint_asked
+            self._checkpoint_asked |= checkpoint
+        finally:
+            self._busy.release()
+        if checkpoint:
+            self._queue.put(_CHECKPOINT)
+        self._hand_back(done)
+        return True
+
+    def _take_deferred(self) -> list[Job]:
+        taken: list[Job] = []
+        while self._deferred:
+            try:
+                fn, args = self._deferred.popleft()
+            except IndexError:  # taken by the other side meanwhile
+                break
+            taken.append((fn, args, _Deferred(fn)))
+        return taken
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         return self.submit(fn, *args).result()
@@ -372,19 +427,23 @@ class Writer:
     def _run(self) -> None:
         name_this_thread()
         try:
-            db = open_db(self.path)
+            db = open_db(self.path, shared=True)
+            db.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run here, see _checkpoint
         except BaseException as e:
             self._ready.set_exception(e)
             return
+        self._db = db
         self._ready.set_result(None)
         try:
             while True:
                 first = self._queue.get()
                 if first is _TICK:  # deferred work alone: give it DEFER_DELAY to ride with real work
-                    try:
-                        first = self._queue.get(timeout=self.DEFER_DELAY)
-                    except queue.Empty:
-                        pass
+                    deadline = time.monotonic() + self.DEFER_DELAY
+                    while first is _TICK and (left := deadline - time.monotonic()) > 0:
+                        try:  # more ticks change nothing (a caller's own commit may take the work)
+                            first = self._queue.get(timeout=left)
+                        except queue.Empty:
+                            break
                 batch = [first]
                 while first is not None and len(batch) < self.max_batch:
                     try:
@@ -395,16 +454,29 @@ class Writer:
                     if item is None:
                         break
                 work: list[Job] = [b for b in batch if isinstance(b, tuple)]
-                deferred: list[Job] = []
-                while self._deferred:  # before anything submitted after them
-                    fn, args = self._deferred.popleft()
-                    deferred.append((fn, args, _Deferred(fn)))
-                if work or deferred:
-                    self._hand_back(self._run_batch(db, [*deferred, *work]))
+                with self._busy:
+                    deferred = self._take_deferred()  # before anything submitted after them
+                    done = self._run_batch(db, [*deferred, *work]) if work or deferred else []
+                    self._commits += bool(work or deferred)
+                    if self._commits >= self.CHECKPOINT_EVERY or (None in batch and self._commits):
+                        self._checkpoint(db)
+                with self._count:
+                    self._pending -= len(work)
+                self._hand_back(done)
                 if None in batch:
                     return
         finally:
-            db.close()
+            with self._busy:
+                self._db = None
+                db.close()
+
+    def _checkpoint(self, db: sqlite_utils.Database) -> None:
+        """Copy the WAL back into the database (PASSIVE: readers are never waited for)."""
+        self._commits, self._checkpoint_asked = 0, False
+        try:
+            db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as e:  # the next one will try again
+            log.warning("WAL checkpoint failed: %s", e)
 
     def _run_batch(self, db: sqlite_utils.Database, batch: list[Job]) -> list[tuple[Waiter, Any, BaseException | None]]:
         done: list[tuple[Waiter, Any, BaseException | None]] = []

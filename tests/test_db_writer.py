@@ -335,3 +335,78 @@ def test_a_job_whose_folders_cannot_be_made_leaves_no_row_and_harms_its_batch_no
     blocker.unlink()
     again = writer.call(jobs.create_job, storage, who, new, "hash")
     assert storage.kind_dir(again["day"], again["id"], "ORIGINAL").is_dir()
+
+
+# ----------------------------------------------------------------------------- calls run on the caller's thread
+
+def test_a_now_call_runs_on_the_callers_thread_when_the_writer_is_idle_and_is_durable_at_once(
+        writer: Writer, db_path: Path) -> None:
+    threads: list[str] = []
+
+    def create(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return accounts.create_account(db, name)
+
+    fut = writer.submit(create, "here", now=True)
+    assert fut.done() and fut.result()["name"] == "here"
+    assert threads == [threading.current_thread().name]
+    assert "here" in names_on_disk(db_path)
+    writer.submit(create, "there").result()  # without now=True: the writer's own thread
+    assert threads[-1] == "db-writer"
+
+
+def test_a_now_call_waits_its_turn_behind_queued_work(writer: Writer, db_path: Path) -> None:
+    gate = Gate()
+    held = writer.submit(gate)
+    assert gate.entered.wait(10)
+    queued = writer.submit(accounts.create_account, "first")
+    later = writer.submit(accounts.create_account, "second", now=True)
+    assert not later.done()  # the writer is busy: it queued
+    gate.release.set()
+    assert held.result() == "gate" and queued.result()["name"] == "first" and later.result()["name"] == "second"
+    db = open_db(db_path)
+    try:
+        order = [r[0] for r in db.execute("select name from accounts order by rowid")]
+    finally:
+        db.close()
+    assert order == ["first", "second"]
+
+
+def test_deferred_calls_run_before_a_now_call_in_its_transaction(writer: Writer, db_path: Path) -> None:
+    writer.defer(accounts.create_account, "deferred")
+    seen: dict[str, bool] = {}
+
+    def check(db: sqlite_utils.Database) -> None:
+        seen["deferred"] = db.execute("select 1 from accounts where name = 'deferred'").fetchone() is not None
+
+    writer.submit(check, now=True).result()
+    assert seen == {"deferred": True}
+
+
+def test_a_failing_now_call_rolls_back_and_raises_to_its_caller(writer: Writer, db_path: Path) -> None:
+    fut = writer.submit(insert_then_fail, "never", now=True)
+    assert fut.done()
+    with pytest.raises(ValueError, match="fails after writing"):
+        fut.result()
+    assert "never" not in names_on_disk(db_path)
+    assert writer.submit(accounts.create_account, "after", now=True).result()["name"] == "after"
+
+
+def test_the_wal_stays_bounded_when_every_commit_runs_on_callers_threads(db_path: Path) -> None:
+    """Automatic checkpoints are off on the writer's connection (a caller must never wait for one):
+    the writer's thread checkpoints after CHECKPOINT_EVERY commits, so the WAL is reused, not grown."""
+    w = Writer(db_path)
+    w.CHECKPOINT_EVERY = 20
+    w.start()
+    wal, largest, here = db_path.with_name(db_path.name + "-wal"), 0, 0
+    try:
+        for i in range(1500):
+            fut = w.submit(accounts.create_account, f"a{i}", now=True)
+            here += fut.done()  # not done: the writer was checkpointing, so the call queued
+            fut.result()
+            if i % 50 == 0:
+                largest = max(largest, wal.stat().st_size)
+    finally:
+        w.close()
+    assert here > 1000  # nearly all of them ran here
+    assert largest < 2 << 20, f"the WAL grew to {largest:,} bytes"
