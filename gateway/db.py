@@ -345,6 +345,7 @@ class Writer:
         self._pending = 0  # calls queued or running on the writer's thread
         self._commits = 0  # since the last checkpoint
         self._checkpoint_asked = False
+        self._ticked = False  # a _TICK is queued or being waited on: deferred work will be taken
 
     def start(self) -> None:
         self._thread.start()
@@ -412,9 +413,9 @@ class Writer:
         if self._closed:
             log.error("database writer is closed: %s dropped", getattr(fn, "__qualname__", fn))
             return
-        was_empty = not self._deferred
         self._deferred.append((fn, args))
-        if was_empty:
+        if not self._ticked:  # one wake-up per DEFER_DELAY at most (not one per call: the GIL changes
+            self._ticked = True  # hands each time), even while callers' own commits take the work
             self._queue.put(_TICK)
 
     def close(self) -> None:
@@ -455,6 +456,7 @@ class Writer:
                         break
                 work: list[Job] = [b for b in batch if isinstance(b, tuple)]
                 with self._busy:
+                    self._ticked = False  # before the take: what is deferred after it ticks again
                     deferred = self._take_deferred()  # before anything submitted after them
                     done = self._run_batch(db, [*deferred, *work]) if work or deferred else []
                     self._commits += bool(work or deferred)
