@@ -229,7 +229,10 @@ async def test_concurrent_uploads_of_one_name_never_mix(ftp_gw: Gateway) -> None
             assert list(rec) == ["same.jpg"]
             assert rec["same.jpg"]["md5"] == md5(final) and rec["same.jpg"]["size"] == len(final)
             assert retr(sessions[0], target) == final
-            assert temp_names(ftp_gw.job_dir(job, "ORIGINAL")) == [] and partials(ftp_gw) == []
+            for f in sessions[1:]:
+                f.voidcmd("NOOP")  # every client is seen to have read its 226: the replaced files' second names go
+            wait_until(lambda: temp_names(ftp_gw.job_dir(job, "ORIGINAL")) == [], what="no temp files")
+            assert partials(ftp_gw) == []
     finally:
         for f in sessions:
             close_quietly(f)

@@ -190,8 +190,14 @@ class UploadsMixin:
         up = jobs.Upload(ctx.node.job_id, ctx.node.kind, ctx.node.rel, ctx.spool.path, digest, "ftp",
                          self.gw_login.name, self.gw_login.principal, threading.Event())
         self._committing = up
-        fut = self.gw.writer.submit(jobs.commit_upload_tentative, self.gw.storage, up)
-        fut.add_done_callback(lambda f: self.gw.call_soon(self._upload_committed, ctx, up, f))
+        # an idle writer lets this thread commit it at once (one session's mput: no thread hand-offs);
+        # a busy one batches it with the other sessions' commits. Either way the 226 that follows stays
+        # revocable until the client is seen to read it (gw_settle_226): no wait guards it.
+        fut = self.gw.writer.submit(jobs.commit_upload_tentative, self.gw.storage, up, now=True)
+        if fut.done():
+            self._upload_committed(ctx, up, fut)
+        else:
+            fut.add_done_callback(lambda f: self.gw.call_soon(self._upload_committed, ctx, up, f))
 
     def _upload_committed(self: Any, ctx: UploadCtx, up: jobs.Upload, fut: Any) -> None:
         self._committing = None
