@@ -30,7 +30,8 @@ from gateway.ftp.service import FtpService
 from gateway.ftp.uploads import UploadsMixin
 
 log = logging.getLogger("gateway.ftp")
-_REPLY_LOG = logging.getLogger("pyftpdlib").debug
+_PYFTPDLIB_LOG = logging.getLogger("pyftpdlib")
+_REPLY_LOG = _PYFTPDLIB_LOG.debug
 MAX_DEFERRED = 64
 MAX_LINE = 2048
 NAMING_COMMANDS = {"STOR", "APPE", "MKD", "XMKD", "RNTO"}
@@ -70,8 +71,19 @@ class GatewayHandlerMixin(UploadsMixin):
     def respond(self: Any, resp: str, logfun: Any = None) -> None:
         if self._unconfirmed is not None:  # the server speaks again (a timeout, a shutdown): it was read
             self.gw_settle_226()
-        if not self._closed:
-            super().respond(resp, logfun or _REPLY_LOG)  # type: ignore[misc]
+        if self._closed:
+            return
+        if logfun is None and not _PYFTPDLIB_LOG.isEnabledFor(logging.DEBUG):
+            # pyftpdlib's respond() formats a log line for every reply (its session prefix from the
+            # handler's __dict__) and hands it to a disabled debug logger: 4 replies per uploaded file
+            self._last_response = resp
+            self.push(resp + "\r\n")
+            return
+        super().respond(resp, logfun or _REPLY_LOG)  # type: ignore[misc]
+
+    def log_transfer(self: Any, *args: Any, **kwargs: Any) -> None:
+        if _PYFTPDLIB_LOG.isEnabledFor(logging.INFO):  # uploads get our own line (FtpService.note)
+            super().log_transfer(*args, **kwargs)  # type: ignore[misc]
 
     def collect_incoming_data(self: Any, data: bytes) -> None:
         if self._gw_overlong:
