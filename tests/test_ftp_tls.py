@@ -8,6 +8,7 @@ import datetime
 import ftplib
 import io
 import ipaddress
+import select
 import ssl
 from contextlib import suppress
 from pathlib import Path
@@ -35,6 +36,7 @@ from ftp_helpers import (
     payload,
     records,
     require_tool,
+    sqlite_rows,
     temp_sizes,
     wait_until,
 )
@@ -179,6 +181,38 @@ async def test_a_reset_tls_data_connection_is_never_recorded_as_complete(
     assert not (folder / "photo.jpg").exists(), f"400000 of 1000000 bytes stored as complete ({answer})"
     assert records(gw, job["id"]) == {}
     assert not answer.startswith("226"), answer
+
+
+async def test_a_tls_upload_whose_226_was_never_read_is_taken_back(
+        gateway_factory: GatewayFactory, certificate: tuple[Path, Path]) -> None:
+    """Over FTPS too: the client hangs up with the 226 unread (as a killed one would), so the upload goes
+    back to being its partial; a second one that reads its 226 and quits keeps its file."""
+    gw = await tls_gateway(gateway_factory, certificate)
+    _, job, p = await new_job(gw)
+    unread, kept = payload(300_000, "tls-unread"), payload(300_000, "tls-read")
+    f = ResumingFTP_TLS(client_context())
+    try:
+        tls_login(gw, f)
+        conn = f.transfercmd(f"STOR {p.original}/unread.jpg")
+        conn.sendall(unread)
+        with suppress(ssl.SSLError, OSError):
+            conn.unwrap()
+        conn.close()
+        ready, _, _ = select.select([f.sock], [], [], 10)
+        assert ready, "no 226 came"
+    finally:
+        f.close()  # the 226 still unread on the socket: a reset
+    g = ResumingFTP_TLS(client_context())
+    try:
+        tls_login(gw, g)
+        assert upload_like_curl(g, f"{p.original}/read.jpg", kept).startswith("226")
+        g.quit()
+    finally:
+        close_quietly(g)
+    wait_until(lambda: sqlite_rows(gw.db_path, "select path, size from partials") == [("unread.jpg", len(unread))],
+               what="the unread upload kept as a partial")
+    assert {name: rec["md5"] for name, rec in records(gw, job["id"], "ORIGINAL").items()} == {"read.jpg": md5(kept)}
+    assert not (gw.job_dir(job, "ORIGINAL") / "unread.jpg").exists()
 
 
 # ----------------------------------------------------------------------------- real clients over TLS

@@ -248,6 +248,8 @@ class UploadsMixin:
             unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
         except OSError as e:
             return e.errno in (errno.ECONNRESET, errno.EPIPE)
+        except (AttributeError, ValueError):  # no socket left to ask: the upload stands
+            return False
         return bool(unacked > 0)
 
     def _withdraw(self: Any, ctx: UploadCtx, up: jobs.Upload, done: jobs.Committed) -> None:
