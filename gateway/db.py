@@ -439,12 +439,10 @@ class Writer:
             while True:
                 first = self._queue.get()
                 if first is _TICK:  # deferred work alone: give it DEFER_DELAY to ride with real work
-                    deadline = time.monotonic() + self.DEFER_DELAY
-                    while first is _TICK and (left := deadline - time.monotonic()) > 0:
-                        try:  # more ticks change nothing (a caller's own commit may take the work)
-                            first = self._queue.get(timeout=left)
-                        except queue.Empty:
-                            break
+                    try:  # (no second tick comes meanwhile: _ticked stays set until the take below)
+                        first = self._queue.get(timeout=self.DEFER_DELAY)
+                    except queue.Empty:
+                        pass
                 batch = [first]
                 while first is not None and len(batch) < self.max_batch:
                     try:
