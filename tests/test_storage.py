@@ -6,6 +6,7 @@ import hashlib
 import os
 import random
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,5 +65,11 @@ def test_hashers_run_at_a_lower_priority_than_the_servers_threads(pool: HashPool
     """Under CPU contention the API's loop and the FTP thread go before bulk hashing (POST /jobs p99
     under 20 FTP uploads: see HASHER_NICE)."""
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    nices = {os.getpriority(os.PRIO_PROCESS, t.native_id) for t in pool._threads if t.native_id is not None}
+    wanted = ({mine + HASHER_NICE}, {19})
+    deadline = time.monotonic() + 5
+    while True:  # each thread lowers its own priority as it starts: give them that moment
+        nices = {os.getpriority(os.PRIO_PROCESS, t.native_id) for t in pool._threads if t.native_id is not None}
+        if nices in wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert nices == {mine + HASHER_NICE} or nices == {19}, nices
