@@ -389,7 +389,7 @@ def _commit(db: sqlite_utils.Database, storage: Storage, up: Upload, keep_replac
     row = {"job_id": up.job_id, "kind": up.kind, "path": up.relpath, "size": up.digest.size,
            "md5": up.digest.md5, "crc32": up.digest.crc32, "mtime_ns": st.st_mtime_ns,
            "created_at": now_iso(), "protocol": up.protocol, "login": up.login, "uploaded_ns": time.time_ns()}
-    rec = next(iter(db.query(
+    rec = first(db,  # straight on the connection: no savepoint of its own inside the writer's transaction
         """insert into files (job_id, kind, path, size, md5, crc32, mtime_ns, created_at, protocol, login,
                               uploaded_ns)
            values (:job_id, :kind, :path, :size, :md5, :crc32, :mtime_ns, :created_at, :protocol, :login,
@@ -397,7 +397,7 @@ def _commit(db: sqlite_utils.Database, storage: Storage, up: Upload, keep_replac
            on conflict (job_id, kind, path) do update set size = excluded.size, md5 = excluded.md5,
              crc32 = excluded.crc32, mtime_ns = excluded.mtime_ns, created_at = excluded.created_at,
              protocol = excluded.protocol, login = excluded.login, uploaded_ns = excluded.uploaded_ns
-           returning *""", row)))
+           returning *""", row)
     old = drop_partial(db, up.job_id, up.kind, up.relpath, up.login)
     if old is not None and storage.kind_dir(job["day"], up.job_id, up.kind) / old != up.temp:
         unlink_quiet(storage.kind_dir(job["day"], up.job_id, up.kind) / old)  # a fresh STOR replaced it

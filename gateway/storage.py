@@ -347,6 +347,8 @@ class Spool:
 
     # -- hashing
     def _hash_upto(self, end: int) -> None:
+        if self._hashed >= end:
+            return  # all hashed already (a small file, from the bytes in hand): no descriptor to open
         if self._rfd < 0:
             self._rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         buf = bytearray(min(CHUNK, max(end - self._hashed, 1)))

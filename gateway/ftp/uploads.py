@@ -214,13 +214,15 @@ class UploadsMixin:
         else:
             done: jobs.Committed = fut.result()
             self.gw.busy_temps.discard(ctx.spool.path)
-            self.gw.note(f"FTP {ctx.cmd} {ctx.node.job_id}/{ctx.node.kind}/{ctx.node.rel} {ctx.spool.size} bytes "
-                         f"by {self.gw_login.name} in {time.monotonic() - ctx.started:.2f}s")
+            elapsed = time.monotonic() - ctx.started
             self.respond("226 Transfer complete.")
             if self._closed:  # the reply could not be sent: the client is gone
                 self._withdraw(ctx, up, done)
                 return
             self._unconfirmed = Unconfirmed(ctx, up, done, self.ioloop.call_later(CONFIRM_AFTER, self.gw_settle_226))
+            # logged once the reply is on its way: the client reads it while this line is formatted
+            self.gw.note(f"FTP {ctx.cmd} {ctx.node.job_id}/{ctx.node.kind}/{ctx.node.rel} {ctx.spool.size} bytes "
+                         f"by {self.gw_login.name} in {elapsed:.2f}s")
         self._resume()
 
     def gw_settle_226(self: Any, closing: bool = False) -> None:
