@@ -493,6 +493,36 @@ def find_partial(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str
                  [job_id, kind, relpath, login])
 
 
+# moves after every committed save_partial (the only way a partial comes to be): PartialFinder's
+# knowledge that a login has none in a job dies with it
+PARTIALS_SAVED = Epoch()
+
+
+class PartialFinder:
+    """find_partial() for the FTP thread, where nearly every STOR asks it and nearly every answer is
+    none: that a login has no partial in a job is kept until PARTIALS_SAVED moves, for `ttl` seconds
+    at most, so an mput asks the database about once a second instead of once per file. Only
+    save_partial makes partials, and it moves the epoch after its commit; the ttl bounds a row inserted
+    behind the gateway's back, which could then only be missed (a fresh upload), never wrongly used."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, ttl: float = 1.0) -> None:
+        self._none: EpochCache[tuple[int, str], bool] = EpochCache(PARTIALS_SAVED, ttl, self.MAX_ENTRIES)
+
+    def find(self, db: sqlite_utils.Database, job_id: int, kind: str, relpath: str,
+             login: str) -> dict[str, Any] | None:
+        key = (job_id, login)
+        if self._none.get(key):
+            return None
+        seen = self._none.seen()
+        if first(db, "select 1 as any_partial from partials where job_id = ? and login = ? limit 1",
+                 [job_id, login]) is None:
+            self._none.put(key, True, seen)
+            return None
+        return find_partial(db, job_id, kind, relpath, login)
+
+
 def save_partial(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str, login: str,
                  temp_name: str, size: int) -> str | None:
     """Keep an incomplete upload for its login; returns the temp name it replaced (to remove), if any."""
@@ -502,6 +532,7 @@ def save_partial(db: sqlite_utils.Database, job_id: int, kind: str, relpath: str
                   on conflict (job_id, kind, path, login) do update set temp_name = excluded.temp_name,
                     size = excluded.size, updated_at = excluded.updated_at""",
                [job_id, kind, relpath, login, temp_name, size, time.time()])
+    after_commit(db, PARTIALS_SAVED.bump)
     return old["temp_name"] if old and old["temp_name"] != temp_name else None
 
 

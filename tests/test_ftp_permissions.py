@@ -475,3 +475,27 @@ async def test_the_ftp_threads_job_rows_follow_a_change_behind_the_gateways_back
         assert cache.get(db, 10**12) is None
     finally:
         db.close()
+
+
+async def test_the_ftp_threads_partial_lookups_follow_saves_at_once_and_others_within_the_ttl(
+        world: World) -> None:
+    """PartialFinder keeps 'this login has no partial in this job': a partial saved through the writer
+    is seen at the next lookup; one inserted behind the gateway's back within the ttl."""
+    job_id = world.jobs["a1"]["id"]
+    db = open_db(world.gw.db_path)
+    try:
+        finder = jobs.PartialFinder(ttl=0.2)
+        assert finder.find(db, job_id, "ORIGINAL", "a.jpg", "alice") is None
+        # outside the writer its after-commit hook runs at once
+        jobs.save_partial(db, job_id, "ORIGINAL", "a.jpg", "alice", ".gwtmp-" + "a" * 24, 10)
+        assert finder.find(db, job_id, "ORIGINAL", "a.jpg", "alice")["size"] == 10  # type: ignore[index]
+        assert finder.find(db, job_id, "ORIGINAL", "a.jpg", "bob") is None  # another login's: none
+        assert finder.find(db, job_id, "ORIGINAL", "b.jpg", "bob") is None
+        with sqlite3.connect(world.gw.db_path) as conn:  # nobody tells the gateway
+            conn.execute("insert into partials (job_id, kind, path, login, temp_name, size, updated_at) "
+                         "values (?, 'ORIGINAL', 'b.jpg', 'bob', ?, 7, 0)", [job_id, ".gwtmp-" + "b" * 24])
+        assert finder.find(db, job_id, "ORIGINAL", "b.jpg", "bob") is None  # still the kept answer
+        time.sleep(0.25)
+        assert finder.find(db, job_id, "ORIGINAL", "b.jpg", "bob")["size"] == 7  # type: ignore[index]
+    finally:
+        db.close()

@@ -109,6 +109,7 @@ class FtpService:
         self.address: tuple[str, int] = sock.getsockname()[:2]
         self.db: sqlite_utils.Database  # the FTP thread's own reading connection, opened in the thread
         self.jobs = jobs.JobCache()  # job rows for path resolution (FTP thread only)
+        self.partials = jobs.PartialFinder()  # a login's interrupted uploads, for STOR and SIZE (FTP thread only)
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ftp-login",
                                                               initializer=name_this_thread)
         self.busy_temps: set[Path] = set()  # temp files a running transfer writes (FTP thread only)

@@ -136,7 +136,7 @@ class UploadsMixin:
         storage, login = self.gw.storage, self.gw_login
         max_size = self.gw.config.storage.max_file_size
         kind_dir = storage.kind_dir(node.day, node.job_id, node.kind)
-        partial = jobs.find_partial(self.gw.db, node.job_id, node.kind, node.rel, login.name)
+        partial = self.gw.partials.find(self.gw.db, node.job_id, node.kind, node.rel, login.name)
         ptemp = kind_dir / partial["temp_name"] if partial else None
         if ptemp is not None and ptemp in self.gw.busy_temps:
             raise FtpRefusal(450, "This upload is being resumed in another session.")
@@ -323,7 +323,7 @@ class UploadsMixin:
                 self.respond("550 No such file.")
                 return
         if node.depth >= 4:
-            partial = jobs.find_partial(self.gw.db, node.job_id, node.kind, node.rel, self.gw_login.name)
+            partial = self.gw.partials.find(self.gw.db, node.job_id, node.kind, node.rel, self.gw_login.name)
             if partial is not None:
                 temp = self.gw.storage.kind_dir(node.day, node.job_id, node.kind) / partial["temp_name"]
                 if temp.is_file():
