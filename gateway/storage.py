@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import os
 import queue
@@ -43,6 +44,10 @@ _SLASH_LOOKALIKES = re.compile("[\u2044\u2215\u2216\u29f5\u29f8\u29f9\ufe68\uff0
 
 # ----------------------------------------------------------------------------- names
 
+# the checks below are pure functions of the name and run for every segment of every path a command
+# names (an mput's folder, each time): the answers for recent names are kept (1,024 of them: at most
+# ~2 MiB even for names as long as a command line may be)
+@functools.lru_cache(maxsize=1024)
 def name_problem(name: str) -> str | None:
     """Why one path segment cannot be stored safely, or None when it can."""
     if name in ("", ".", ".."):
@@ -68,6 +73,13 @@ def name_problem(name: str) -> str | None:
 
 def check_name(name: str, param: str = "fileName") -> None:
     """Refuse a segment that is unsafe as written, as NFKC-folded or as percent-decoded."""
+    why = _name_refusal(name)
+    if why:
+        raise InvalidParameter(param, f"{why}: {name!r}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_refusal(name: str) -> str | None:
     seen = set()
     for candidate in (name, unquote(name)):
         for form in (candidate, unicodedata.normalize("NFKC", candidate)):
@@ -76,7 +88,8 @@ def check_name(name: str, param: str = "fileName") -> None:
             seen.add(form)
             why = name_problem(form)
             if why:
-                raise InvalidParameter(param, f"{why}: {name!r}")
+                return why
+    return None
 
 
 def split_relpath(relpath: str, param: str = "fileName") -> list[str]:
