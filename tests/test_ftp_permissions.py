@@ -40,6 +40,7 @@ from ftp_helpers import (
 from gateway import jobs
 from gateway.api.keys import STORAGE
 from gateway.db import open_db
+from gateway.ftp import filesystem
 
 SEED = b"seed-content"
 KINDS = ("ORIGINAL", "CLIPPED")
@@ -326,7 +327,26 @@ async def test_a_submit_reaches_a_session_that_just_resolved_the_job(world: Worl
         assert stor(f, f"{p.original}/before.jpg", b"before").startswith("226")
         await world.submit("a1")
         with pytest.raises(ftplib.error_perm, match="frozen once it is submitted"):
+            f.sendcmd(f"MFMT 20200101000000 {p.original}/before.jpg")  # the path the STOR resolved last
+        with pytest.raises(ftplib.error_perm, match="frozen once it is submitted"):
             f.sendcmd(f"STOR {p.original}/after.jpg")  # no data connection was even offered
+    finally:
+        f.close()
+
+
+async def test_a_change_behind_the_gateways_back_reaches_the_session_within_the_ttls(world: World) -> None:
+    """The node a STOR resolved serves the MFMT that follows it, but never past the job row's own ttl
+    (JobCache, 1 s) plus REUSE_NODE: a status changed in the sqlite3 shell is obeyed after that."""
+    p = world.paths("a1")
+    f = ftp_connect(world.gw.ftp_port, *world.creds("customer"))
+    try:
+        assert stor(f, f"{p.original}/before.jpg", b"before").startswith("226")
+        assert f.sendcmd(f"MFMT 20200101000000 {p.original}/before.jpg").startswith("213")
+        with sqlite3.connect(world.gw.db_path) as conn:  # nobody tells the gateway
+            conn.execute("update jobs set status = ? where id = ?", [jobs.WORK_PROGRESS, world.jobs["a1"]["id"]])
+        time.sleep(1.0 + filesystem.REUSE_NODE + 0.1)
+        with pytest.raises(ftplib.error_perm, match="CJ_WORK_PROGRESS"):
+            f.sendcmd(f"MFMT 20210101000000 {p.original}/before.jpg")
     finally:
         f.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from gateway.ftp.replies import FtpRefusal, refusal
 from gateway.storage import KINDS, Storage, is_temp_name, name_problem, split_relpath
 
 NOT_FOUND = "No such file or directory"
+REUSE_NODE = 0.25  # seconds a session reuses the node it resolved last for the same path
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Node:
 
 class VirtualFS(AbstractedFS):  # type: ignore[misc]
     """The files one FTP login may see. The handler sets `login` and `gw` before any call."""
+
+    _last: tuple[str, int, float, Node] | None = None  # see _resolve
 
     def __init__(self, root: str, cmd_channel: Any) -> None:
         super().__init__("/", cmd_channel)
@@ -101,6 +105,21 @@ class VirtualFS(AbstractedFS):  # type: ignore[misc]
         return node
 
     def _resolve(self, vpath: str) -> Node:
+        """The node of a path, or the one this session resolved last for the same path (a client's MFMT
+        follows its STOR) while no job changed status and for REUSE_NODE seconds at most: a node below a
+        day depends on nothing but the path, the login and the job's row, which JobCache keeps the same
+        way. The disk is looked at again each time (resolve's link check and every operation)."""
+        last = self._last
+        now = time.monotonic()
+        if last is not None and last[0] == vpath and last[1] == jobs.JOBS_CHANGED.value and now < last[2]:
+            return last[3]
+        seen = jobs.JOBS_CHANGED.value  # before the read: a change committed meanwhile makes it stale
+        node = self._resolve_path(vpath)
+        if node.depth >= 2:  # a day's node also depends on which days hold jobs: not kept
+            self._last = (vpath, seen, now + REUSE_NODE, node)
+        return node
+
+    def _resolve_path(self, vpath: str) -> Node:
         parts = [p for p in vpath.split("/") if p]
         root = self.storage.root
         if not parts:
