@@ -253,6 +253,9 @@ def _kernel_finds_link(path: str) -> bool | None:
         try:
             fn = ctypes.CDLL(None, use_errno=True).syscall
             fn.restype = ctypes.c_long
+            # declared, so that every integer travels as a full register (syscall() is variadic, and
+            # an undeclared int may leave the upper half of its register undefined)
+            fn.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.POINTER(_OpenHow), ctypes.c_size_t]
             _openat2 = fn
         except (OSError, AttributeError):  # pragma: no cover - no libc to call through
             _openat2 = False
