@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pyftpdlib.exceptions import FilesystemError
 from pyftpdlib.filesystems import AbstractedFS
 
 from gateway import jobs
+from gateway.db import EpochCache
 from gateway.errors import GatewayError
 from gateway.ftp.authorizer import FtpLogin
 from gateway.ftp.replies import FtpRefusal, refusal
@@ -53,12 +53,11 @@ class Node:
 class VirtualFS(AbstractedFS):  # type: ignore[misc]
     """The files one FTP login may see. The handler sets `login` and `gw` before any call."""
 
-    _last: tuple[str, int, float, Node] | None = None  # see _resolve
-
     def __init__(self, root: str, cmd_channel: Any) -> None:
         super().__init__("/", cmd_channel)
         self.login: FtpLogin = cmd_channel.gw_login
         self.gw = cmd_channel.gw
+        self._last: EpochCache[str, Node] = EpochCache(jobs.JOBS_CHANGED, REUSE_NODE, 1)  # see _resolve
 
     # -- path conversion: the "filesystem path" is the normalised virtual path
     def ftpnorm(self, ftppath: str) -> str:
@@ -109,14 +108,12 @@ class VirtualFS(AbstractedFS):  # type: ignore[misc]
         follows its STOR) while no job changed status and for REUSE_NODE seconds at most: a node below a
         day depends on nothing but the path, the login and the job's row, which JobCache keeps the same
         way. The disk is looked at again each time (resolve's link check and every operation)."""
-        last = self._last
-        now = time.monotonic()
-        if last is not None and last[0] == vpath and last[1] == jobs.JOBS_CHANGED.value and now < last[2]:
-            return last[3]
-        seen = jobs.JOBS_CHANGED.value  # before the read: a change committed meanwhile makes it stale
-        node = self._resolve_path(vpath)
-        if node.depth >= 2:  # a day's node also depends on which days hold jobs: not kept
-            self._last = (vpath, seen, now + REUSE_NODE, node)
+        node = self._last.get(vpath)
+        if node is None:
+            seen = self._last.seen()
+            node = self._resolve_path(vpath)
+            if node.depth >= 2:  # a day's node also depends on which days hold jobs: not kept
+                self._last.put(vpath, node, seen)
         return node
 
     def _resolve_path(self, vpath: str) -> Node:
