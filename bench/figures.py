@@ -259,12 +259,13 @@ def ftp_small(ctx: Ctx, new_gw_target: Any) -> None:
     if ctx.ftp_ref("vsftpd"):
         ctx.row(Row(title + " vs vsftpd", "files/s", series["gateway"], series["vsftpd"], "vsftpd"))
     threads = ThreadLog()
+    per_file: dict[str, list[float]] = defaultdict(list)  # server CPU seconds per file
     for r in range(s.runs):
         if not enough_time(ctx, 60, title):
             break
         for t in rotate(["gateway", *ctx.ftp], r):
             target: FtpTarget = new_gw_target() if t == "gateway" else t
-            with threads_of(target.pid) as busy:
+            with threads_of(target.pid) as busy, cpu_of(target.pid) as cpu:
                 tm = clients.timed_run(clients.lftp_mput(target, folder, "*.bin"), s.client_timeout)
             if t == "gateway":
                 threads.add(title, busy)
@@ -272,10 +273,30 @@ def ftp_small(ctx: Ctx, new_gw_target: Any) -> None:
             if stored != len(names):
                 raise BenchError(f"{target.name}: {stored} of {len(names)} files stored by mput")
             series[target.name].add(len(names) / tm.seconds)
+            per_file[target.name].append(cpu[0] / len(names))
             if not isinstance(target, GatewayFtpTarget):
                 target.remove(names)  # the gateway's files stay in their own job (a new one each run)
-    for line in threads.notes() if ctx.mode != "smoke" else []:
-        ctx.note(line)
+    if ctx.mode != "smoke":
+        for line in threads.notes():
+            ctx.note(line)
+        small_files_costs(ctx, title, series, per_file)
+
+
+def small_files_costs(ctx: Ctx, title: str, series: dict[str, Series], per_file: dict[str, list[float]]) -> None:
+    """Where a file's time goes: each server's CPU per file, and what the gateway's one unavoidable extra
+    (md5 + crc32 of every byte before the 226, in sequence with the reply) leaves of the target."""
+    cpu = ", ".join(f"{name} {statistics.median(v) * 1e6:,.0f} us" for name, v in per_file.items() if v)
+    note = f"{title}: server CPU per file (median): {cpu}"
+    hashing, bare = hash_ceiling(ctx), series.get("pyftpdlib")
+    if bare is not None and bare.values and hashing.values:
+        hash_us = ctx.sizes.small_size / MiB / hashing.median * 1e6
+        wall_us = 1e6 / bare.median
+        bound = 1e6 / (wall_us + hash_us)
+        note += (f"; md5 + crc32 of one file take {hash_us:,.0f} us at this run's hash rate. pyftpdlib spends "
+                 f"{wall_us:,.0f} us of wall time per file; the same plus the hashing in sequence (the 226 waits "
+                 f"for it) is {bound:,.0f} files/s = {bound / bare.median:.2f}x, the most a hashing server as "
+                 f"lean as pyftpdlib reaches: below that, the gap is the gateway's own work per file")
+    ctx.note(note)
 
 
 # ----------------------------------------------------------------------------- 4. HTTP upload
@@ -500,14 +521,18 @@ def post_jobs(ctx: Ctx) -> None:
             clients.post_load(u, headers, c, 1, ctx.work)
     errors: dict[str, int] = defaultdict(int)
     threads = ThreadLog()
+    per_request: dict[str, list[float]] = defaultdict(list)  # server CPU seconds per request
     for r in range(s.runs):
         if not enough_time(ctx, 30, "POST /jobs"):
             break
         for who in rotate(list(urls), r):
-            with threads_of(gw.pid) as busy, machine_busy() as machine:
+            server = gw.pid if who == "gateway" else bare.pid
+            with threads_of(gw.pid) as busy, machine_busy() as machine, cpu_of(server) as cpu:
                 load = clients.post_load(urls[who], headers, c, s.load_seconds, ctx.work)
             if who == "gateway":
                 threads.add(rps.figure, {**busy, "whole machine (of 2 cores)": machine[0]})
+            if load.requests:
+                per_request[who].append(cpu[0] / load.requests)
             errors[who] += load.errors
             if who == "gateway":
                 rps.gateway.add(load.rps)
@@ -519,8 +544,13 @@ def post_jobs(ctx: Ctx) -> None:
                 p50.reference.add(load.p50_ms)
             else:
                 js.reference.add(load.rps)
-    for line in threads.notes() if ctx.mode != "smoke" else []:
-        ctx.note(line)
+    if ctx.mode != "smoke":
+        for line in threads.notes():
+            ctx.note(line)
+        names = {"gateway": "gateway", "insert": "aiohttp insert+2 mkdirs", "json": "aiohttp JSON"}
+        costs = ", ".join(f"{names[w]} {statistics.median(v) * 1e6:,.0f} us" for w, v in per_request.items() if v)
+        ctx.note(f"{rps.figure}: server CPU per request (median; every thread, SQLite and the kernel's share "
+                 f"included): {costs}")
     if any(errors.values()):
         ctx.note(f"POST /jobs: failed or non-2xx requests {dict(errors)}")
         if errors["gateway"]:
