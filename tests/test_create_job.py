@@ -563,3 +563,23 @@ async def test_a_refused_request_creates_no_job_and_no_folder(gw: Gateway) -> No
     assert (await post(gw, "json", {**VALID_JOB, "deadlineId": 987654}, s)).status == 400
     assert gw.query("select count(*) as n from jobs")[0]["n"] == 0
     assert [p.name for p in gw.storage_root.iterdir() if not p.name.startswith(".")] == []
+
+
+async def test_no_job_is_left_without_its_folders(gw: Gateway) -> None:
+    """The folders cannot be made (a file stands where today's day folder belongs): the answer is a 500
+    ErrorResponseBody, and neither the job nor its first status event stays behind. Once the disk is
+    fixed, the next job is made with both folders."""
+    s = await gw.session("alice")
+    days = {time.strftime("%Y%m%d", time.gmtime(time.time() + dt)) for dt in (0, 60)}  # midnight UTC
+    blockers = [gw.storage_root / day for day in days]
+    for b in blockers:
+        b.write_bytes(b"not a folder")
+    try:
+        assert_error(await post(gw, "json", VALID_JOB, s), 500, "internal_error")
+        assert gw.query("select count(*) as n from jobs")[0]["n"] == 0
+        assert gw.query("select count(*) as n from job_events")[0]["n"] == 0
+    finally:
+        for b in blockers:
+            b.unlink()
+    j = await gw.create_job(s)
+    assert gw.job_dir(j, "ORIGINAL").is_dir() and gw.job_dir(j, "CLIPPED").is_dir()
