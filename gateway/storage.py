@@ -20,7 +20,7 @@ try:  # ISA-L's crc32 gives zlib's result at many times the speed
 except ImportError:  # pragma: no cover - isal has wheels for the usual platforms
     from zlib import crc32
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -114,9 +114,11 @@ class Storage:
 
     root: Path  # absolute, symlinks resolved: every path below it is compared with its realpath
     min_free_bytes: int = 0
+    _root: str = field(init=False, repr=False, compare=False, default="")  # str(root), for hot paths
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(os.path.realpath(self.root)))
+        object.__setattr__(self, "_root", str(self.root))
         object.__setattr__(self, "_kind_dirs", {})  # (day, job, kind) -> Path: built once, not per command
 
     def job_dir(self, day: str, job_id: int) -> Path:
@@ -136,7 +138,11 @@ class Storage:
         return path
 
     def make_job_dirs(self, day: str, job_id: int) -> None:
-        job = str(self.job_dir(day, job_id))
+        """A new job's folder with its ORIGINAL/ and CLIPPED/. Plain strings, no Path: this runs on the
+        database writer for every POST /jobs, whose per-job time bounds the request rate."""
+        if not (len(day) == 8 and day.isdigit()):
+            raise ValueError(f"bad day {day!r}")
+        job = f"{self._root}/{day}/{int(job_id)}"
         try:
             os.mkdir(job)  # the day's folder is there but for the first job of a day
         except FileNotFoundError:
