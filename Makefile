@@ -34,7 +34,7 @@ test: install tools ## run the test suite (real servers on 127.0.0.1, real clien
 
 lint: install ## ruff and mypy --strict
 	$(VENV)/bin/ruff check gateway tests bench
-	$(VENV)/bin/mypy gateway
+	$(VENV)/bin/mypy gateway bench
 
 clean: ## remove the venv and caches (storage_root is left alone)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
