@@ -547,7 +547,7 @@ def post_jobs(ctx: Ctx) -> None:
     if ctx.mode != "smoke":
         for line in threads.notes():
             ctx.note(line)
-        names = {"gateway": "gateway", "insert": "aiohttp insert+2 mkdirs", "json": "aiohttp JSON"}
+        names = {"gateway": "gateway", "insert": rps.ref_name, "json": js.ref_name}
         costs = ", ".join(f"{names[w]} {statistics.median(v) * 1e6:,.0f} us" for w, v in per_request.items() if v)
         ctx.note(f"{rps.figure}: server CPU per request (median; every thread, SQLite and the kernel's share "
                  f"included): {costs}")

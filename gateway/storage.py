@@ -108,6 +108,11 @@ def is_temp_name(name: str) -> bool:
 
 # ----------------------------------------------------------------------------- layout
 
+def _check_day(day: str) -> None:
+    if not (len(day) == 8 and day.isdigit()):
+        raise ValueError(f"bad day {day!r}")
+
+
 @dataclass(frozen=True)
 class Storage:
     """The tree storage_root/<yyyymmdd>/<jobId>/{ORIGINAL,CLIPPED}; every path goes through here."""
@@ -122,8 +127,7 @@ class Storage:
         object.__setattr__(self, "_kind_dirs", {})  # (day, job, kind) -> Path: built once, not per command
 
     def job_dir(self, day: str, job_id: int) -> Path:
-        if not (len(day) == 8 and day.isdigit()):
-            raise ValueError(f"bad day {day!r}")
+        _check_day(day)
         return self.root / day / str(int(job_id))
 
     def kind_dir(self, day: str, job_id: int, kind: str) -> Path:
@@ -140,8 +144,7 @@ class Storage:
     def make_job_dirs(self, day: str, job_id: int) -> None:
         """A new job's folder with its ORIGINAL/ and CLIPPED/. Plain strings, no Path: this runs on the
         database writer for every POST /jobs, whose per-job time bounds the request rate."""
-        if not (len(day) == 8 and day.isdigit()):
-            raise ValueError(f"bad day {day!r}")
+        _check_day(day)
         job = f"{self._root}/{day}/{int(job_id)}"
         try:
             os.mkdir(job)  # the day's folder is there but for the first job of a day
@@ -171,7 +174,7 @@ class Storage:
 
     def refuse_links(self, target: Path) -> None:
         """NotFound when any part of target below the root is a symlink (a link planted on disk)."""
-        path, root = str(target), str(self.root)
+        path, root = str(target), self._root
         if not path.startswith(root + "/"):
             if os.path.realpath(path) != path:
                 raise NotFound("No such file or directory.")
